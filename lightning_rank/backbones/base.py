@@ -1,0 +1,82 @@
+"""The one interface every backbone implements, built-in or third-party."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
+from lightning_rank.tokenizers import BUILTIN_PREFIX, build_builtin_tokenizer
+
+Pooling = Literal["first", "last"]
+
+
+class Backbone(nn.Module):
+    """Maps ``(input_ids, attention_mask)`` to hidden states ``[B, L, H]`` and declares what the rest of the
+    system needs: hidden size, pooling, tokenizer and input template, block classes and FLOPs per token.
+
+    Subclasses set ``pooling`` and ``default_template`` (class attributes), build ``self.tokenizer`` and
+    ``self.template`` (usually through :meth:`_init_text`), and implement :meth:`forward`,
+    :attr:`hidden_size` and :meth:`block_classes`.
+    """
+
+    pooling: ClassVar[Pooling] = "last"
+    default_template: ClassVar[str] = CAUSAL_TEMPLATE
+    prepend_bos: ClassVar[bool] = False
+
+    tokenizer: PreTrainedTokenizerBase
+    template: PairTemplate
+
+    def _init_text(self, tokenizer: str | None, pretrained: str | None, template: str | None) -> None:
+        """Load the tokenizer (hub id, local folder or ``builtin:<name>``) and the pair template."""
+        source = tokenizer or pretrained
+        if source is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a tokenizer: set 'tokenizer' (a hub id, a local folder or "
+                f"'{BUILTIN_PREFIX}words') or 'pretrained'"
+            )
+        self.tokenizer = load_tokenizer(source)
+        text = template or self.default_template
+        self.template = PairTemplate(text=text, append_eos=text != PAIR, prepend_bos=self.prepend_bos)
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    def block_classes(self) -> tuple[type[nn.Module], ...]:
+        """The repeated layer classes: FSDP auto-wraps them and activation checkpointing applies to them."""
+        raise NotImplementedError
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token at ``seq_len`` (2 x parameters by default); training is 3x this."""
+        return 2.0 * sum(p.numel() for p in self.parameters())
+
+    def enable_gradient_checkpointing(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """One vector per sequence: the first token, or the last real (non-pad) token with right padding."""
+        if self.pooling == "first":
+            return hidden[:, 0]
+        last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """A fast tokenizer from a hub id, a local folder, or an in-process ``builtin:<name>`` tokenizer."""
+    if source.startswith(BUILTIN_PREFIX):
+        tokenizer = build_builtin_tokenizer(source)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,240 @@
+"""RerankDataModule: ir_datasets ids (or registered local folders) in, tokenized batches out."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from ir_datasets.formats import TrecScoredDocs
+from ir_datasets.util import LocalDownload
+from torch.utils.data import DataLoader
+
+from lightning_rank.datamodules.collate import PairCollator
+from lightning_rank.datamodules.collections import load_dataset, register_beir_folder
+from lightning_rank.datamodules.documents import DocumentLookup
+from lightning_rank.datamodules.groups import NegativeSampling, build_training_index
+from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
+from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
+
+log = logging.getLogger(__name__)
+
+EVAL_STAGES = ("val", "test", "predict")
+
+
+class RerankDataModule(pl.LightningDataModule):
+    """Training groups from qrels + a first-stage run; validation/test/predict rerank a run's top-k.
+
+    Tokenization follows the backbone of the model being trained (its tokenizer and template), which the
+    module reads from the trainer at ``setup``; call :meth:`use_backbone` to use it without a trainer.
+    """
+
+    def __init__(
+        self,
+        train_dataset: str | None = None,
+        val_dataset: str | None = None,
+        test_dataset: str | None = None,
+        predict_dataset: str | None = None,
+        train_run: str | None = None,
+        val_run: str | None = None,
+        test_run: str | None = None,
+        predict_run: str | None = None,
+        local_collections: dict[str, str] | None = None,
+        group_size: int = 8,
+        batch_size: int = 4,
+        eval_batch_size: int = 64,
+        negatives_depth: int = 100,
+        negative_sampling: NegativeSampling = "uniform",
+        min_relevance: int = 1,
+        rerank_depth: int = 100,
+        max_length: int = 256,
+        max_query_length: int = 64,
+        pad_to_multiple_of: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            train_dataset: ir_datasets id with qrels (and scoreddocs unless ``train_run`` is given).
+            val_dataset: ir_datasets id whose run top-k is reranked and scored after each epoch.
+            test_dataset: as ``val_dataset``, for ``lightning-rank test``.
+            predict_dataset: ir_datasets id with queries (+ scoreddocs or ``predict_run``) to rerank.
+            train_run: TREC run file whose top ``negatives_depth`` give hard negatives (default: the
+                dataset's scoreddocs).
+            val_run: TREC run file to rerank for validation (default: the dataset's scoreddocs).
+            test_run: TREC run file to rerank for test.
+            predict_run: TREC run file to rerank for predict.
+            local_collections: ``{name: folder}`` of BEIR-format folders to register as ir_datasets ids
+                ``name`` and ``name/<split>`` before anything is loaded.
+            group_size: documents per training group: 1 positive + ``group_size - 1`` negatives.
+            batch_size: training groups per batch (a batch holds ``batch_size * group_size`` pairs).
+            eval_batch_size: pairs per validation/test/predict batch.
+            negatives_depth: how deep in the run hard negatives are sampled from.
+            negative_sampling: ``uniform`` over the top ``negatives_depth``, or ``top`` (the highest ranked).
+            min_relevance: qrels relevance at or above which a document is a positive.
+            rerank_depth: candidates per query reranked in validation/test/predict.
+            max_length: tokens per pair; documents are truncated to fit.
+            max_query_length: queries are kept whole up to this many tokens.
+            pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
+            num_workers: DataLoader workers (tokenization happens there).
+            seed: seeds query order and negative sampling (with the epoch).
+        """
+        super().__init__()
+        if group_size < 2:
+            raise ValueError(f"data.group_size must be >= 2 (1 positive + negatives), got {group_size}")
+        self.save_hyperparameters()
+        for name, folder in (local_collections or {}).items():
+            register_beir_folder(name, folder)
+        self._backbone = None
+        self._train: TrainingGroupStream | None = None
+        self._eval: dict[str, EvalSplit] = {}
+
+    def use_backbone(self, backbone: Any) -> None:
+        """Tokenize for ``backbone`` (its tokenizer and template)."""
+        self._backbone = backbone
+
+    def _collator(self) -> PairCollator:
+        backbone = self._backbone
+        if backbone is None and self.trainer is not None and self.trainer.lightning_module is not None:
+            backbone = self.trainer.lightning_module.backbone
+        if backbone is None:
+            raise RuntimeError(
+                "RerankDataModule needs a backbone: use it with a Trainer or call use_backbone()"
+            )
+        hp = self.hparams
+        return PairCollator(
+            backbone.tokenizer, backbone.template, hp.max_length, hp.max_query_length, hp.pad_to_multiple_of
+        )
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._setup_train()
+            self._setup_eval("val")
+        elif stage == "validate":
+            self._setup_eval("val")
+        elif stage in ("test", "predict"):
+            self._setup_eval(stage)
+
+    def _setup_train(self) -> None:
+        hp = self.hparams
+        if hp.train_dataset is None:
+            raise ValueError("`fit` needs data.train_dataset (an ir_datasets id with qrels)")
+        dataset = load_dataset(hp.train_dataset)
+        queries = _queries(dataset)
+        documents = DocumentLookup(hp.train_dataset)
+        run = _ranked(_scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run"), hp.negatives_depth)
+        index, report = build_training_index(
+            dataset.qrels_dict(), run, queries, documents.existing, hp.min_relevance, hp.negatives_depth
+        )
+        if not index:
+            raise ValueError(f"{hp.train_dataset}: no trainable query ({report.summary()} skipped)")
+        log.info("%s: %d training queries; skipped %s", hp.train_dataset, len(index), report.summary())
+        self.train_report = report
+        self._train = TrainingGroupStream(
+            index,
+            queries,
+            documents,
+            self._collator(),
+            hp.group_size,
+            hp.batch_size,
+            hp.seed,
+            hp.negative_sampling,
+        )
+
+    def _setup_eval(self, stage: str) -> None:
+        hp = self.hparams
+        dataset_id = hp[f"{stage}_dataset"]
+        if dataset_id is None:
+            if stage == "val":
+                return
+            raise ValueError(f"`{stage}` needs data.{stage}_dataset (an ir_datasets id)")
+        if stage in self._eval:
+            return
+        dataset = load_dataset(dataset_id)
+        queries = _queries(dataset)
+        run = _ranked(_scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run"), hp.rerank_depth)
+        candidates = {d for _, d in run}
+        doc_texts = DocumentLookup(dataset_id).texts(candidates)
+        qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
+        split = build_eval_split(run, queries, qrels, doc_texts, hp.rerank_depth)
+        if not split.pairs:
+            raise ValueError(f"{dataset_id}: nothing to rerank ({split.report.summary()} skipped)")
+        log.info(
+            "%s: reranking %d pairs of %d queries; skipped %s",
+            dataset_id,
+            len(split.pairs),
+            len(split.query_ids),
+            split.report.summary(),
+        )
+        self._eval[stage] = split
+
+    def eval_split(self, stage: str) -> EvalSplit:
+        """The id tables, qrels and pairs of ``stage`` (``val``, ``test`` or ``predict``)."""
+        if stage not in self._eval:
+            self._setup_eval(stage)
+        return self._eval[stage]
+
+    # -- loaders ---------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        assert self._train is not None, "setup('fit') first"
+        return ResumableLoader(
+            self._train,
+            epoch_fn=lambda: self.trainer.current_epoch if self.trainer else 0,
+            shard_fn=self._shard,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def _shard(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        split = self.eval_split(stage)
+        return DataLoader(
+            RerankPairs(split),
+            batch_size=self.hparams.eval_batch_size,
+            shuffle=False,
+            collate_fn=RerankCollator(split, self._collator()),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val") if self.hparams.val_dataset else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")
+
+
+def _queries(dataset: Any) -> dict[str, str]:
+    return {q.query_id: q.default_text() for q in dataset.queries_iter()}
+
+
+def _scoreddocs(dataset: Any, dataset_id: str, run_file: str | None, option: str) -> Iterator[Any]:
+    if run_file is not None:
+        path = Path(run_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.{option}: run file {path} does not exist")
+        return TrecScoredDocs(LocalDownload(path)).scoreddocs_iter()
+    if not dataset.has_scoreddocs():
+        raise ValueError(
+            f"{dataset_id} has no first-stage run: set data.{option} to a TREC run file "
+            "(build one with `lightning-rank bm25`)"
+        )
+    return dataset.scoreddocs_iter()
+
+
+def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
+    """Top-``depth`` (query, doc) pairs per query by descending score (ties: doc id descending, as
+    trec_eval), queries in first-seen order."""
+    per_query: dict[str, list[tuple[float, str]]] = {}
+    for sd in scoreddocs:
+        per_query.setdefault(sd.query_id, []).append((sd.score, sd.doc_id))
+    return [(q, d) for q, scored in per_query.items() for _, d in heapq.nlargest(depth, scored)]

@@ -1,0 +1,38 @@
+"""Document text lookup through the ir_datasets docstore, safe to use from forked DataLoader workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from lightning_rank.datamodules.collections import load_dataset
+
+
+class DocumentLookup:
+    """Texts by doc id (``doc.default_text()``, i.e. ``title text`` for BEIR), one docstore per process.
+
+    The docstore keeps open file handles: each process (main or worker) opens its own, so forked workers
+    never share a file offset.
+    """
+
+    def __init__(self, dataset_id: str) -> None:
+        self.dataset_id = dataset_id
+        self._store = None
+        self._pid: int | None = None
+
+    def _docstore(self):
+        if self._store is None or self._pid != os.getpid():
+            self._store = load_dataset(self.dataset_id).docs_store()
+            self._pid = os.getpid()
+        return self._store
+
+    def __getstate__(self) -> dict:
+        return {"dataset_id": self.dataset_id, "_store": None, "_pid": None}
+
+    def texts(self, doc_ids: Iterable[str]) -> dict[str, str]:
+        """Texts of the ids found; missing ids are simply absent."""
+        return {d: doc.default_text() for d, doc in self._docstore().get_many(list(doc_ids)).items()}
+
+    def existing(self, doc_ids: Iterable[str]) -> set[str]:
+        """The subset of ``doc_ids`` that the corpus holds (one bulk lookup; builds the docstore once)."""
+        return set(self._docstore().get_many(list(doc_ids)))

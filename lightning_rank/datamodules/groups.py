@@ -1,0 +1,108 @@
+"""Training groups: 1 positive + (G-1) hard negatives per query, from qrels and a first-stage run.
+
+Positives are the judged documents at or above ``min_relevance``; negatives are the run's top-``depth``
+documents minus every judged positive, sampled per group with a seeded RNG. What cannot be used (queries
+without positives or without negatives, run entries or positives naming missing documents) is skipped and
+counted, and the counts are reported once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+NegativeSampling = Literal["uniform", "top"]
+
+
+@dataclass(frozen=True)
+class TrainingQuery:
+    """One trainable query: its positives and its candidate negatives (run order, best first)."""
+
+    query_id: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]
+
+
+@dataclass
+class SkipReport:
+    """What the index left out and why; logged once when the index is built."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.counts[reason] += n
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items())) or "nothing"
+
+
+def build_training_index(
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Iterable[tuple[str, str]],
+    queries: Mapping[str, str],
+    document_exists: Callable[[Iterable[str]], set[str]],
+    min_relevance: int = 1,
+    depth: int = 100,
+) -> tuple[list[TrainingQuery], SkipReport]:
+    """Join qrels with a run (``(query_id, doc_id)`` pairs, best first per query) into trainable queries.
+
+    ``document_exists`` takes doc ids and returns the subset present in the corpus (one bulk lookup).
+    """
+    report = SkipReport()
+    candidates: dict[str, list[str]] = {}
+    for qid, did in run:
+        ranked = candidates.setdefault(qid, [])
+        if len(ranked) < depth:
+            ranked.append(did)
+    wanted = {d for ranked in candidates.values() for d in ranked}
+    wanted |= {d for rels in qrels.values() for d, r in rels.items() if r >= min_relevance}
+    present = document_exists(wanted)
+
+    index: list[TrainingQuery] = []
+    for qid in sorted(set(qrels) | set(candidates), key=_natural_key):
+        if qid not in queries:
+            report.add("run/qrels entries for unknown queries")
+            continue
+        judged_positive = {d for d, r in qrels.get(qid, {}).items() if r >= min_relevance}
+        positives = tuple(d for d in sorted(judged_positive) if d in present)
+        report.add("positives missing from the corpus", len(judged_positive) - len(positives))
+        if not positives:
+            report.add("queries without positives")
+            continue
+        ranked = candidates.get(qid, [])
+        negatives = tuple(d for d in ranked if d not in judged_positive and d in present)
+        report.add("run entries naming missing documents", sum(d not in present for d in ranked))
+        if not negatives:
+            report.add("queries without negatives in the run")
+            continue
+        index.append(TrainingQuery(qid, positives, negatives))
+    return index, report
+
+
+def sample_group(
+    query: TrainingQuery, group_size: int, rng: random.Random, sampling: NegativeSampling = "uniform"
+) -> tuple[list[str], bool]:
+    """One positive then ``group_size - 1`` negatives; returns the doc ids and whether negatives had to be
+    repeated because the run offered too few."""
+    positive = rng.choice(query.positives)
+    need = group_size - 1
+    pool = query.negatives
+    repeated = len(pool) < need
+    if sampling == "top":
+        negatives = [pool[i % len(pool)] for i in range(need)]
+    elif repeated:
+        negatives = [rng.choice(pool) for _ in range(need)]
+    else:
+        negatives = rng.sample(pool, need)
+    return [positive, *negatives], repeated
+
+
+def _natural_key(qid: str) -> tuple[int, int | str]:
+    return (0, int(qid)) if qid.isdigit() else (1, qid)

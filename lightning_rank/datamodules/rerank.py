@@ -1,0 +1,95 @@
+"""Evaluation data: every (query, candidate) pair in the top-k of a first-stage run, to be reranked.
+
+Queries and documents are referred to by integer indices into the split's id tables, so that scores can be
+gathered across ranks as tensors and mapped back to ids for ir_measures (see ``metrics.RankingMetrics``).
+Pairs are ordered by document length (long first) so each batch pads little; order does not affect metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from lightning_rank.datamodules.collate import PairCollator
+from lightning_rank.datamodules.groups import SkipReport
+
+
+@dataclass
+class EvalSplit:
+    """The pairs to score for one split, with the id tables and qrels the metrics need."""
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    query_texts: list[str]
+    doc_texts: list[str]
+    pairs: list[tuple[int, int]]
+    qrels: dict[str, dict[str, int]]
+    report: SkipReport = field(default_factory=SkipReport)
+
+
+def build_eval_split(
+    run: Iterable[tuple[str, str]],
+    queries: dict[str, str],
+    qrels: dict[str, dict[str, int]],
+    doc_texts: dict[str, str],
+    depth: int,
+) -> EvalSplit:
+    """Top-``depth`` candidates per query of ``run``; unknown queries and missing documents are counted."""
+    report = SkipReport()
+    per_query: dict[str, list[str]] = {}
+    for qid, did in run:
+        ranked = per_query.setdefault(qid, [])
+        if len(ranked) < depth:
+            ranked.append(did)
+    query_index: dict[str, int] = {}
+    doc_index: dict[str, int] = {}
+    pairs: list[tuple[int, int]] = []
+    for qid, ranked in per_query.items():
+        if qid not in queries:
+            report.add("run entries for unknown queries", len(ranked))
+            continue
+        for did in ranked:
+            if did not in doc_texts:
+                report.add("run entries naming missing documents")
+                continue
+            qi = query_index.setdefault(qid, len(query_index))
+            di = doc_index.setdefault(did, len(doc_index))
+            pairs.append((qi, di))
+    query_ids = list(query_index)
+    doc_ids = list(doc_index)
+    texts = [doc_texts[d] for d in doc_ids]
+    pairs.sort(key=lambda p: -len(texts[p[1]]))
+    return EvalSplit(query_ids, doc_ids, [queries[q] for q in query_ids], texts, pairs, qrels, report)
+
+
+class RerankPairs(Dataset):
+    """Map-style over the pairs of an :class:`EvalSplit` (Lightning adds a DistributedSampler under DDP)."""
+
+    def __init__(self, split: EvalSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.pairs)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        return self.split.pairs[i]
+
+
+@dataclass
+class RerankCollator:
+    """Collate pair indices into a tokenized batch that remembers which (query, doc) each row is."""
+
+    split: EvalSplit
+    collator: PairCollator
+
+    def __call__(self, items: list[tuple[int, int]]) -> dict[str, Any]:
+        qi = [q for q, _ in items]
+        di = [d for _, d in items]
+        batch = self.collator([self.split.query_texts[q] for q in qi], [self.split.doc_texts[d] for d in di])
+        batch["query_index"] = torch.tensor(qi, dtype=torch.long)
+        batch["doc_index"] = torch.tensor(di, dtype=torch.long)
+        return batch

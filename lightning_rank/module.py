@@ -1,0 +1,141 @@
+"""RerankerModule: backbone + pooled state + ``Linear(hidden, 1)`` head (fp32), a ranking loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from lightning_rank.backbones.base import Backbone
+from lightning_rank.backbones.registry import build_backbone
+from lightning_rank.losses import GroupCrossEntropy, RankingLoss
+from lightning_rank.metrics import RankingMetrics, parse_measures
+
+DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
+
+
+class RerankerModule(pl.LightningModule):
+    """A cross-encoder reranker: ``score(q, d) = Linear(pool(backbone(render(q, d))))``.
+
+    Training contrasts each group's positive against its hard negatives with ``loss``; validation and test
+    rerank a run's top-k and report ``measures`` (ir_measures names, computed as trec_eval does) over all
+    queries gathered from all ranks.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mamba1",
+        backbone_args: dict[str, Any] | None = None,
+        loss: RankingLoss = lazy_instance(GroupCrossEntropy),  # noqa: B008 (jsonargparse prints it)
+        measures: Sequence[str] = DEFAULT_MEASURES,
+        optimizer: OptimizerCallable | None = None,
+        warmup: float = 0.1,
+        lr: float = 2e-5,
+        weight_decay: float = 0.01,
+    ) -> None:
+        """
+        Args:
+            backbone: entry-point name (``lightning-rank backbones`` lists them) or import path of a
+                Backbone class.
+            backbone_args: constructor arguments of the backbone (``pretrained``, ``config``, ...).
+            loss: the training loss (``GroupCrossEntropy`` is localized contrastive estimation).
+            measures: ir_measures names reported in validation and test, e.g. ``nDCG@10``, ``RR@10``.
+            optimizer: optimizer factory (class path + init args); default AdamW with ``lr`` and
+                ``weight_decay`` (no decay on biases and norms).
+            warmup: linear warm-up length: a fraction of the total steps if < 1, else a step count; the
+                learning rate then decays linearly to 0 at the last step.
+            lr: learning rate of the default optimizer.
+            weight_decay: weight decay of the default optimizer.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss", "optimizer"])
+        self.backbone: Backbone = build_backbone(backbone, backbone_args)
+        self.head = nn.Linear(self.backbone.hidden_size, 1)
+        self.loss = loss
+        self.measures = list(measures)
+        self.optimizer_factory = optimizer
+        parse_measures(self.measures)  # unknown measure names fail here, before any data is read
+        self._metrics: dict[str, RankingMetrics] = {}
+
+    # -- scoring -----------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """One relevance score per row of the batch (fp32)."""
+        hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        pooled = self.backbone.pool(hidden, batch["attention_mask"])
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            return self.head(pooled.float()).squeeze(-1)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        labels = batch["labels"]
+        scores = self(batch).view_as(labels)
+        loss = self.loss(scores, labels, batch.get("teacher_scores"))
+        self.log("train/loss", loss, prog_bar=True, batch_size=labels.size(0))
+        return loss
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def _metric(self, stage: str) -> RankingMetrics:
+        if stage not in self._metrics:
+            split = self.trainer.datamodule.eval_split(stage)
+            self._metrics[stage] = RankingMetrics(self.measures, split.qrels, split.query_ids, split.doc_ids)
+        return self._metrics[stage].to(self.device)
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        self._metric(stage).update(batch["query_index"], batch["doc_index"], self(batch))
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metric = self._metric(stage)
+        if not self.trainer.sanity_checking:
+            for name, value in metric.compute().items():
+                self.log(f"{stage}/{name}", value, prog_bar=True, rank_zero_only=False, sync_dist=False)
+        metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return {"query_index": batch["query_index"], "doc_index": batch["doc_index"], "scores": self(batch)}
+
+    # -- optimization ------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(groups)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = self.hparams.warmup
+        warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
+        scheduler = LambdaLR(optimizer, _linear_warmup_decay(warmup_steps, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _linear_warmup_decay(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor

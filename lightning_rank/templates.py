@@ -1,0 +1,144 @@
+"""Render and tokenize (query, document) pairs the way a backbone expects, truncating documents first.
+
+Two styles cover the 2025 paper's defaults:
+- ``"pair"``: the tokenizer's own pair format, e.g. ``[CLS] query [SEP] document [SEP]`` (encoders);
+- any string with ``{query}`` and ``{document}``, e.g. ``"document: {document}; query: {query}"``, followed by
+  EOS (causal LMs and SSMs, which pool the last real token).
+Queries are kept whole up to ``max_query_length`` tokens; documents get what is left of ``max_length``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenizers import Encoding
+from transformers import PreTrainedTokenizerBase
+
+PAIR = "pair"
+CAUSAL_TEMPLATE = "document: {document}; query: {query}"
+
+_FIELD = re.compile(r"\{(query|document)\}")
+
+
+@dataclass
+class EncodedPair:
+    """Token ids of one rendered pair; ``token_type_ids`` only for the ``pair`` style."""
+
+    input_ids: list[int]
+    token_type_ids: list[int] | None = None
+
+
+@dataclass
+class PairTemplate:
+    """How one backbone turns a (query, document) pair into token ids."""
+
+    text: str = CAUSAL_TEMPLATE
+    append_eos: bool = True
+    prepend_bos: bool = False
+    _pieces: list[str | int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.text == PAIR:
+            self._pieces = []
+            return
+        fields = _FIELD.findall(self.text)
+        if sorted(fields) != ["document", "query"]:
+            raise ValueError(
+                f"template {self.text!r} must contain '{{query}}' and '{{document}}' exactly once each "
+                f"(or be {PAIR!r} for the tokenizer's own pair format)"
+            )
+        self._pieces = [p for p in _FIELD.split(self.text) if p != ""]
+
+    @property
+    def is_pair(self) -> bool:
+        return self.text == PAIR
+
+    def encode(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        queries: list[str],
+        documents: list[str],
+        max_length: int,
+        max_query_length: int,
+    ) -> list[EncodedPair]:
+        """Encode a list of pairs with the fast (Rust) tokenizer; documents are truncated, never queries
+        below ``max_query_length``."""
+        if len(queries) != len(documents):
+            raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
+        backend = _backend(tokenizer)
+        unique_queries = list(dict.fromkeys(queries))
+        query_encodings = dict(
+            zip(unique_queries, backend.encode_batch(unique_queries, add_special_tokens=False), strict=True)
+        )
+        doc_encodings = backend.encode_batch(documents, add_special_tokens=False)
+        if self.is_pair:
+            return [
+                self._encode_pair(backend, query_encodings[q], d, max_length, max_query_length)
+                for q, d in zip(queries, doc_encodings, strict=True)
+            ]
+        literals = self._literal_ids(tokenizer)
+        return [
+            self._encode_text(
+                tokenizer, literals, query_encodings[q].ids, d.ids, max_length, max_query_length
+            )
+            for q, d in zip(queries, doc_encodings, strict=True)
+        ]
+
+    def _encode_pair(
+        self, backend: Any, query: Encoding, document: Encoding, max_length: int, max_query_length: int
+    ) -> EncodedPair:
+        if backend.post_processor is None:
+            raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
+        query_ids = query.ids[:max_query_length]
+        budget = max_length - len(query_ids) - backend.num_special_tokens_to_add(True)
+        # Encodings are shared between pairs of one query: truncate copies, not the originals.
+        q = Encoding.merge([query], growing_offsets=False)
+        q.truncate(max_query_length)
+        d = Encoding.merge([document], growing_offsets=False)
+        d.truncate(max(budget, 0))
+        merged = backend.post_processor.process(q, d, True)
+        return EncodedPair(list(merged.ids), list(merged.type_ids))
+
+    def _literal_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int] | str]:
+        return [
+            p if p in ("query", "document") else tokenizer.encode(p, add_special_tokens=False)
+            for p in self._pieces
+        ]
+
+    def _encode_text(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        literals: list[list[int] | str],
+        query_ids: list[int],
+        doc_ids: list[int],
+        max_length: int,
+        max_query_length: int,
+    ) -> EncodedPair:
+        query_ids = query_ids[:max_query_length]
+        prefix = [tokenizer.bos_token_id] if self.prepend_bos and tokenizer.bos_token_id is not None else []
+        suffix = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
+        fixed = len(prefix) + len(suffix) + len(query_ids)
+        fixed += sum(len(p) for p in literals if not isinstance(p, str))
+        doc_ids = doc_ids[: max(max_length - fixed, 0)]
+        ids = list(prefix)
+        for piece in literals:
+            if piece == "query":
+                ids.extend(query_ids)
+            elif piece == "document":
+                ids.extend(doc_ids)
+            else:
+                ids.extend(piece)
+        ids.extend(suffix)
+        return EncodedPair(ids)
+
+
+def _backend(tokenizer: PreTrainedTokenizerBase) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(
+            f"{type(tokenizer).__name__} has no fast (Rust) backend; lightning-rank tokenizes in DataLoader "
+            "workers with fast tokenizers only. Load the tokenizer with use_fast=True."
+        )
+    return backend
