@@ -3,8 +3,9 @@
 Each epoch the trainable queries are permuted with ``seed + epoch``; rank ``r`` of ``W`` takes every W-th
 query of the permutation (the last ``N mod W`` are left out for that epoch so that all ranks take the same
 number of steps, and a different set each epoch). The rank's queries are cut into batches, and batch ``j``
-goes to worker ``j mod num_workers``: the order in which the DataLoader yields batches is then ``0, 1, 2,
-...`` whatever the worker count, so resuming is "skip the first C batches" (:class:`ResumableLoader`).
+goes to worker ``(j - C) mod num_workers`` where C batches were already consumed (0 unless resuming): the
+DataLoader takes batches from its workers in turn, so it yields ``C, C+1, ...`` whatever the worker count,
+and resuming is "skip the first C batches" (:class:`ResumableLoader`).
 Workers render, tokenize and pad (the collator), and fetch texts from the docstore.
 """
 
@@ -64,9 +65,10 @@ class TrainingGroupStream(IterableDataset):
         batches = [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        for j in range(worker, len(batches), num_workers):
-            if j >= self.skip_batches:
-                yield self.make_batch(batches[j])
+        # The DataLoader takes batches from workers 0, 1, ... in turn: counting from the first batch still
+        # due keeps the yielded order 0, 1, 2, ... after a resume too.
+        for j in range(self.skip_batches + worker, len(batches), num_workers):
+            yield self.make_batch(batches[j])
 
     def make_batch(self, positions: list[int]) -> dict[str, Any]:
         queries, doc_ids, repeated = [], [], 0

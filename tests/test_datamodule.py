@@ -1,0 +1,150 @@
+"""Training groups and evaluation pairs: sharding, exact resume, hard-negative rules, skip counts."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lightning_rank.backbones.base import load_tokenizer
+from lightning_rank.datamodules import RerankDataModule, register_beir_folder
+from lightning_rank.datamodules.groups import build_training_index
+from lightning_rank.datamodules.stream import ResumableLoader
+from lightning_rank.templates import PairTemplate
+
+WORDS = load_tokenizer("builtin:words")
+
+
+def stub_backbone() -> SimpleNamespace:
+    return SimpleNamespace(tokenizer=load_tokenizer("builtin:words"), template=PairTemplate())
+
+
+def write_collection(root: Path, n_queries: int = 24, n_docs: int = 60) -> Path:
+    """A small BEIR folder: query i has positive d{i} (and d{i+1} for even i); a run of 12 per query."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "corpus.jsonl").open("w") as f:
+        for d in range(n_docs):
+            f.write(json.dumps({"_id": f"d{d}", "title": "", "text": f"baba bebe kavo{d % 5} doc {d}"}) + "\n")
+    with (root / "queries.jsonl").open("w") as f:
+        for q in range(n_queries):
+            f.write(json.dumps({"_id": f"q{q}", "text": f"kavo query {q}"}) + "\n")
+    (root / "qrels").mkdir(exist_ok=True)
+    rows = ["query-id\tcorpus-id\tscore"]
+    for q in range(n_queries):
+        rows.append(f"q{q}\td{q}\t1")
+        if q % 2 == 0:
+            rows.append(f"q{q}\td{q + 1}\t2")
+    (root / "qrels" / "train.tsv").write_text("\r\n".join(rows) + "\r\n")  # BEIR ships CRLF
+    (root / "runs").mkdir(exist_ok=True)
+    run = [f"q{q} Q0 d{(q + k) % n_docs} {k + 1} {20 - k} bm25" for q in range(n_queries) for k in range(12)]
+    (root / "runs" / "train.trec").write_text("\n".join(run) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> str:
+    folder = write_collection(tmp_path_factory.mktemp("fixture") / "fx")
+    register_beir_folder("fixture-collection", folder)
+    return "fixture-collection/train"
+
+
+def make_dm(dataset: str, **kwargs) -> RerankDataModule:
+    dm = RerankDataModule(train_dataset=dataset, group_size=4, batch_size=3, seed=7, **kwargs)
+    dm.use_backbone(stub_backbone())
+    dm.setup("fit")
+    return dm
+
+
+def loader(dm: RerankDataModule, rank: int, world: int, workers: int, epoch: int = 0) -> ResumableLoader:
+    return ResumableLoader(dm._train, epoch_fn=lambda: epoch, shard_fn=lambda: (rank, world), num_workers=workers)
+
+
+def test_two_ranks_two_workers_cover_every_query_exactly_once(collection):
+    dm = make_dm(collection)
+    trainable = {q.query_id for q in dm._train.index}
+    assert len(trainable) == 24
+    seen = Counter()
+    for rank in range(2):
+        for batch in loader(dm, rank, 2, workers=2):
+            seen.update(batch["query_ids"])
+    assert set(seen) == trainable
+    assert all(n == 1 for n in seen.values())
+
+
+def test_epochs_reshuffle_and_runs_are_deterministic(collection):
+    dm = make_dm(collection)
+    order = lambda epoch: [q for b in loader(dm, 0, 1, 0, epoch) for q in b["query_ids"]]  # noqa: E731
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    assert sorted(order(0)) == sorted(order(1))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_with_exactly_the_unseen_batches(collection, workers):
+    dm = make_dm(collection)
+    full = list(loader(dm, 0, 1, workers))
+    first = loader(dm, 0, 1, workers)
+    it = iter(first)
+    consumed = [next(it) for _ in range(3)]
+    state = first.state_dict()
+    del it
+    assert state == {"epoch": 0, "batches": 3}
+    fresh = make_dm(collection)  # a new process would build a new DataModule
+    resumed = loader(fresh, 0, 1, workers)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(consumed) + len(rest) == len(full)
+    for got, want in zip(consumed + rest, full, strict=True):
+        assert got["query_ids"] == want["query_ids"]
+        assert got["input_ids"].equal(want["input_ids"])
+
+
+def test_negatives_are_never_judged_positives_and_groups_have_g_docs(collection):
+    dm = make_dm(collection)
+    import ir_datasets
+
+    qrels = ir_datasets.load(collection).qrels_dict()
+    stream = dm._train
+    for position, query in enumerate(stream.index):
+        assert not set(query.negatives) & {d for d, r in qrels[query.query_id].items() if r >= 1}
+        batch = stream.make_batch([position])
+        assert batch["input_ids"].shape[0] == 4 and batch["labels"].shape == (1, 4)
+
+
+def test_skipped_entries_are_counted():
+    qrels = {"q1": {"d1": 1}, "q2": {"d9": 0}, "q3": {"gone": 1}, "q4": {"d1": 1}}
+    run = [("q1", "d1"), ("q1", "d2"), ("q1", "missing"), ("q2", "d2"), ("q4", "d1"), ("qx", "d2")]
+    queries = {"q1": "a", "q2": "b", "q3": "c", "q4": "d"}
+    index, report = build_training_index(qrels, run, queries, lambda ids: set(ids) & {"d1", "d2", "d9"})
+    assert [q.query_id for q in index] == ["q1"]
+    assert index[0].negatives == ("d2",)
+    assert report.counts == {
+        "queries without positives": 2,  # q2 (only a 0-judged doc) and q3 (its positive is missing)
+        "positives missing from the corpus": 1,
+        "run entries naming missing documents": 1,
+        "queries without negatives in the run": 1,  # q4: its only candidate is its positive
+        "run/qrels entries for unknown queries": 1,
+    }
+
+
+def test_batches_carry_token_counts(collection):
+    dm = make_dm(collection, pad_to_multiple_of=8)
+    batch = next(iter(loader(dm, 0, 1, 0)))
+    assert batch["padded_tokens"] == batch["input_ids"].numel()
+    assert batch["input_ids"].shape[1] % 8 == 0
+    assert batch["real_tokens"] == int(batch["attention_mask"].sum()) < batch["padded_tokens"]
+
+
+def test_group_size_below_two_is_rejected():
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        RerankDataModule(group_size=1)
+
+
+def test_unknown_dataset_id_suggests_close_ids():
+    from lightning_rank.datamodules import load_dataset
+
+    with pytest.raises(KeyError, match="Did you mean: msmarco-passage/dev/small"):
+        load_dataset("msmarco-pasage/dev/small")
