@@ -79,4 +79,10 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Some tokenizer.json files store padding/truncation (sentence-transformers exports pad to 128): the
+    # templates call the Rust backend directly and truncate themselves, and the collator pads.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
     return tokenizer

@@ -1,0 +1,349 @@
+"""Transformers backbones (BERT, RoBERTa, Pythia, Llama, ...) loaded through ``AutoModel`` (no LM head).
+
+One generic :class:`HFBackbone` does the work; the subclasses only fix the architecture (``model_type``, for
+random init), the pooling and the input template. Hub ids resolve offline-safely: an id that is not in the
+local Hugging Face cache fails fast when the hub cannot be reached instead of retrying for half a minute.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import os
+import re
+import socket
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from lightning_rank.backbones.base import Backbone
+from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR
+from lightning_rank.tokenizers import BUILTIN_PREFIX
+
+AttnImplementation = Literal["sdpa", "flash_attention_2", "eager"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_LAYER_NAME = re.compile(r"(Layer|Block)$")
+_PROBE_TIMEOUT_S = 3.0
+
+
+class HubModelNotCachedError(OSError):
+    """A hub id that is not in the local cache while the hub cannot be reached."""
+
+
+class HFBackbone(Backbone):
+    """Any transformers model through ``AutoModel``: hidden states of the base model, no task head.
+
+    Subclasses set ``model_type`` (the ``AutoConfig`` architecture used for random init), ``pooling``,
+    ``default_template`` and ``prepend_bos``.
+    """
+
+    model_type: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        template: str | None = None,
+        attn_implementation: AttnImplementation = "sdpa",
+        gradient_checkpointing: bool = False,
+        dtype: DType | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        """Build the model and its tokenizer.
+
+        Args:
+            pretrained: Hub id or local folder of a checkpoint (``AutoModel.from_pretrained``); None for a
+                randomly initialised model built from ``config``.
+            config: Without ``pretrained``: the config of the random model
+                (``AutoConfig.for_model(model_type, **config)``; ``vocab_size`` defaults to the tokenizer's
+                size, pad/bos/eos ids to the tokenizer's). With ``pretrained``: overrides for the loaded
+                config.
+            tokenizer: Hub id, local folder or ``"builtin:words"``; defaults to ``pretrained``.
+            template: Input template: ``"pair"`` (the tokenizer's ``[CLS] q [SEP] d [SEP]``) or a string with
+                ``{query}`` and ``{document}`` followed by EOS; defaults to the backbone's own.
+            attn_implementation: Attention kernel: ``"sdpa"``, ``"flash_attention_2"`` (needs
+                ``pip install lightning-rank[flash]``, CUDA and fp16/bf16) or ``"eager"``.
+            gradient_checkpointing: Recompute each layer's activations in the backward pass (less memory).
+            dtype: Parameter dtype; None keeps float32 weights (mixed precision is the trainer's job).
+            trust_remote_code: Allow model code from the hub (off unless asked).
+        """
+        super().__init__()
+        if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ImportError(
+                "attn_implementation='flash_attention_2' needs the flash-attn package: "
+                "pip install lightning-rank[flash] (or use attn_implementation='sdpa')"
+            )
+        self.pretrained = pretrained
+        pretrained_source = _resolve_source(pretrained, "pretrained") if pretrained else None
+        tokenizer_source = _resolve_source(tokenizer, "tokenizer") if tokenizer else None
+        self._init_text(tokenizer_source, pretrained_source, template)
+        torch_dtype = getattr(torch, dtype) if dtype else torch.float32
+        overrides = dict(config or {})
+        if pretrained_source is None:
+            model_config = self._random_config(overrides)
+            self.model: PreTrainedModel = AutoModel.from_config(
+                model_config,
+                dtype=torch_dtype,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+            )
+        else:
+            model_config = AutoConfig.from_pretrained(
+                pretrained_source, trust_remote_code=trust_remote_code, **overrides
+            )
+            if self.model_type is not None and model_config.model_type != self.model_type:
+                warnings.warn(
+                    f"{type(self).__name__} expects model_type {self.model_type!r} but {pretrained!r} is "
+                    f"{model_config.model_type!r}; check pooling and template",
+                    stacklevel=2,
+                )
+            self.model = AutoModel.from_pretrained(
+                pretrained_source,
+                config=model_config,
+                dtype=torch_dtype,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+            )
+        self._drop_pooler()
+        self._cover_tokenizer()
+        self._check_position_padding()
+        params = inspect.signature(self.model.forward).parameters
+        type_vocab = getattr(self.model.config, "type_vocab_size", 0) or 0
+        self._takes_token_types = "token_type_ids" in params and type_vocab > 1
+        self._takes_use_cache = "use_cache" in params
+        if gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+
+    # -- construction helpers -------------------------------------------------------------------------------
+
+    def _random_config(self, overrides: dict[str, Any]) -> PretrainedConfig:
+        """The config of a randomly initialised model, with token ids and vocab size from the tokenizer."""
+        model_type = overrides.pop("model_type", None) or self.model_type
+        if model_type is None:
+            raise ValueError(
+                f"{type(self).__name__} without 'pretrained' needs config['model_type'], e.g. 'bert'"
+            )
+        tok = self.tokenizer
+        overrides.setdefault("vocab_size", _tokenizer_span(tok))
+        specials = {tok.eos_token_id, tok.bos_token_id}
+        # Only a dedicated pad token becomes the embedding's padding_idx: pad = eos would freeze EOS at zero.
+        if tok.pad_token_id is not None and tok.pad_token_id not in specials:
+            overrides.setdefault("pad_token_id", tok.pad_token_id)
+        if tok.bos_token_id is not None:
+            overrides.setdefault("bos_token_id", tok.bos_token_id)
+        if tok.eos_token_id is not None:
+            overrides.setdefault("eos_token_id", tok.eos_token_id)
+        return AutoConfig.for_model(model_type, **overrides)
+
+    def _drop_pooler(self) -> None:
+        """Remove BERT-style pooler heads: unused by rerankers, and unused parameters upset DDP."""
+        init_params = inspect.signature(type(self.model).__init__).parameters
+        if "add_pooling_layer" in init_params and isinstance(getattr(self.model, "pooler", None), nn.Module):
+            self.model.pooler = None
+
+    def _cover_tokenizer(self) -> None:
+        """Grow the token embeddings when the tokenizer has ids beyond them."""
+        needed = _tokenizer_span(self.tokenizer)
+        embeddings = self.model.get_input_embeddings()
+        if embeddings is None:
+            return
+        if embeddings.num_embeddings < needed:
+            if self.pretrained is not None:
+                warnings.warn(
+                    f"resizing the token embeddings of {self.pretrained!r} from {embeddings.num_embeddings} "
+                    f"to {needed} to cover the tokenizer; the new rows start untrained",
+                    stacklevel=3,
+                )
+            self.model.resize_token_embeddings(needed)
+
+    def _check_position_padding(self) -> None:
+        """RoBERTa-style models count positions from ``padding_idx + 1`` over non-pad ids: the pad ids must
+        agree or a pair's positions would depend on its token ids."""
+        embeddings = getattr(self.model, "embeddings", None)
+        padding_idx = getattr(embeddings, "padding_idx", None)
+        pad = self.tokenizer.pad_token_id
+        if padding_idx is not None and pad is not None and padding_idx != pad:
+            warnings.warn(
+                f"the model's padding_idx {padding_idx} differs from the tokenizer's pad id {pad}: position "
+                "ids will be counted differently from the checkpoint's pretraining",
+                stacklevel=3,
+            )
+
+    # -- Backbone interface ---------------------------------------------------------------------------------
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        text = self.model.config.get_text_config()
+        for name in ("num_hidden_layers", "n_layer", "num_layers"):
+            if getattr(text, name, None):
+                return int(getattr(text, name))
+        return sum(len(m) for m in self._layer_lists())
+
+    def block_classes(self) -> tuple[type[nn.Module], ...]:
+        """The repeated layer classes (``BertLayer``, ``GPTNeoXLayer``, ``LlamaDecoderLayer``, ...):
+        members of the model's ``ModuleList`` s named in ``_no_split_modules``, else ``*Layer``/``*Block``."""
+        repeated = list(dict.fromkeys(type(child) for layers in self._layer_lists() for child in layers))
+        no_split = set(getattr(self.model, "_no_split_modules", None) or ())
+        found = [cls for cls in repeated if cls.__name__ in no_split]
+        found = found or [cls for cls in repeated if _LAYER_NAME.search(cls.__name__)]
+        if not found:
+            raise RuntimeError(f"could not find the repeated layer class of {type(self.model).__name__}")
+        return tuple(found)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token: 2 x non-embedding parameters + ``4 * n_layer * seq_len * hidden`` for the
+        attention scores and weighted sum (training is 3x this)."""
+        embedding_ids = {
+            id(p) for m in self.model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(False)
+        }
+        dense = sum(p.numel() for p in self.model.parameters() if id(p) not in embedding_ids)
+        return 2.0 * dense + 4.0 * self.num_layers * seq_len * self.hidden_size
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint every layer with non-reentrant ``torch.utils.checkpoint``."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x spelling
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """Last hidden states ``[B, L, H]``; ``token_type_ids`` reach only models that use them."""
+        self._check_ids(input_ids)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        if self._takes_use_cache:
+            kwargs["use_cache"] = False
+        return self.model(**kwargs).last_hidden_state
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> None:
+        """Write model (safetensors) and tokenizer so that ``AutoModel.from_pretrained(folder)`` and
+        ``type(self)(pretrained=folder)`` load them."""
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    def _layer_lists(self) -> list[nn.ModuleList]:
+        return [m for m in self.model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+
+    def _check_ids(self, input_ids: Tensor) -> None:
+        """A clear error for ids beyond the embeddings (checked on CPU only: on GPU it would sync)."""
+        if torch.compiler.is_compiling() or input_ids.device.type != "cpu" or input_ids.numel() == 0:
+            return
+        size = self.model.get_input_embeddings().num_embeddings
+        top = int(input_ids.max())
+        if top >= size or int(input_ids.min()) < 0:
+            raise IndexError(
+                f"token id {top} is out of range for the {size} token embeddings of {type(self).__name__}: "
+                "the inputs were not made by this backbone's tokenizer"
+            )
+
+
+class BertBackbone(HFBackbone):
+    """BERT-family encoder: ``[CLS] query [SEP] document [SEP]``, pooled at ``[CLS]``."""
+
+    model_type: ClassVar[str | None] = "bert"
+    pooling = "first"
+    default_template = PAIR
+
+
+class RobertaBackbone(HFBackbone):
+    """RoBERTa-family encoder: ``<s> query </s></s> document </s>``, pooled at ``<s>``."""
+
+    model_type: ClassVar[str | None] = "roberta"
+    pooling = "first"
+    default_template = PAIR
+
+
+class PythiaBackbone(HFBackbone):
+    """GPT-NeoX / Pythia decoder: ``document: {document}; query: {query}`` + EOS, pooled at the last token."""
+
+    model_type: ClassVar[str | None] = "gpt_neox"
+    pooling = "last"
+    default_template = CAUSAL_TEMPLATE
+
+
+class LlamaBackbone(HFBackbone):
+    """Llama decoder: BOS + ``document: {document}; query: {query}`` + EOS, pooled at the last token."""
+
+    model_type: ClassVar[str | None] = "llama"
+    pooling = "last"
+    default_template = CAUSAL_TEMPLATE
+    prepend_bos = True
+
+
+# -- sources ------------------------------------------------------------------------------------------------
+
+
+def _tokenizer_span(tokenizer: Any) -> int:
+    """How many embedding rows the tokenizer's ids need (its size, or its largest id + 1 if sparse)."""
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    return max(len(tokenizer), top + 1)
+
+
+def _offline_env() -> bool:
+    """Offline mode, read at call time (the hub library reads its flag once, at import)."""
+    from huggingface_hub import constants
+
+    env = any(os.environ.get(k, "").upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+@functools.cache
+def _hub_reachable() -> bool:
+    """Whether the hub endpoint answers a TCP connect within a few seconds (assumed yes behind a proxy)."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _resolve_source(source: str, what: str) -> str:
+    """A local folder, builtin tokenizer or hub id as given; a hub id becomes its cached snapshot folder when
+    the hub is offline or unreachable, and fails fast when it is not cached."""
+    if source.startswith(BUILTIN_PREFIX):
+        return source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or not _HUB_ID.match(source) or source.startswith((".", "~")):
+        raise FileNotFoundError(f"{what} {source!r} is neither a local folder nor a Hugging Face hub id")
+    offline = _offline_env()
+    if not offline and _hub_reachable():
+        return source
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return str(snapshot_download(source, local_files_only=True))
+    except Exception as err:  # LocalEntryNotFoundError, or a malformed cache entry
+        reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+        raise HubModelNotCachedError(
+            f"{what} {source!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"{reason}: it must be downloaded first, e.g. `hf download {source}` with network access, or "
+            "pass a local folder instead"
+        ) from err

@@ -1,0 +1,95 @@
+"""``lightning-rank bm25``: a BM25 first-stage run (bm25s) for collections that ship none.
+
+The run is a TREC file used for hard negatives (``data.train_run``) and for reranking in evaluation
+(``data.val_run`` / ``test_run`` / ``predict_run``). With qrels, the run is also evaluated and printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import bm25s
+import Stemmer
+
+from lightning_rank.datamodules.collections import load_dataset, register_beir_folder
+from lightning_rank.metrics import evaluate_run, write_trec_run
+
+log = logging.getLogger(__name__)
+
+
+def bm25_run(
+    dataset: str,
+    depth: int = 100,
+    k1: float = 0.9,
+    b: float = 0.4,
+    stemmer: str | None = "english",
+    stopwords: str | None = "en",
+) -> dict[str, dict[str, float]]:
+    """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries."""
+    ds = load_dataset(dataset)
+    doc_ids, texts = [], []
+    for doc in ds.docs_iter():
+        doc_ids.append(doc.doc_id)
+        texts.append(doc.default_text())
+    if not doc_ids:
+        raise ValueError(f"{dataset}: the corpus is empty; nothing to retrieve from")
+    queries = {q.query_id: q.default_text() for q in ds.queries_iter()}
+    if not queries:
+        raise ValueError(f"{dataset}: no queries; use a split id (e.g. NAME/test) that has queries")
+    stem = Stemmer.Stemmer(stemmer) if stemmer else None
+
+    def tokenize(batch: list[str]):
+        return bm25s.tokenize(batch, stopwords=stopwords, stemmer=stem, show_progress=False)
+
+    retriever = bm25s.BM25(k1=k1, b=b)
+    retriever.index(tokenize(texts), show_progress=False)
+    qids = list(queries)
+    tokens = tokenize([queries[q] for q in qids])
+    k = min(depth, len(doc_ids))
+    hits, scores = retriever.retrieve(tokens, k=k, show_progress=False)
+    run: dict[str, dict[str, float]] = {}
+    for qid, row, row_scores in zip(qids, hits, scores, strict=True):
+        run[qid] = {doc_ids[i]: float(s) for i, s in zip(row, row_scores, strict=True) if s > 0}
+    return run
+
+
+def bm25(
+    dataset: str,
+    output: str,
+    depth: int = 100,
+    k1: float = 0.9,
+    b: float = 0.4,
+    stemmer: str | None = "english",
+    local_collections: dict[str, str] | None = None,
+    measures: list[str] | None = None,
+    tag: str = "bm25",
+) -> dict[str, float]:
+    """Write a BM25 TREC run for the queries of ``dataset`` and, when it has qrels, print its metrics.
+
+    Args:
+        dataset: ir_datasets id with docs and queries (``beir/scifact/test``, a registered ``NAME/test``).
+        output: TREC run file to write (atomically; its folder is created).
+        depth: documents retrieved per query.
+        k1: BM25 term-frequency saturation (0.9 as Anserini's default).
+        b: BM25 length normalisation (0.4 as Anserini's default).
+        stemmer: PyStemmer language, or null for none.
+        local_collections: ``{name: folder}`` BEIR-format folders to register first.
+        measures: ir_measures names to report when the dataset has qrels.
+        tag: the run tag (last TREC column).
+    """
+    for name, folder in (local_collections or {}).items():
+        register_beir_folder(name, folder)
+    start = time.perf_counter()
+    run = bm25_run(dataset, depth, k1, b, stemmer)
+    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    write_trec_run(run, output, tag=tag)
+    entries = sum(len(v) for v in run.values())
+    print(f"wrote {output}: {len(run)} queries, {entries} entries in {time.perf_counter() - start:.1f}s")
+    ds = load_dataset(dataset)
+    if not ds.has_qrels():
+        return {}
+    values = evaluate_run(run, ds.qrels_dict(), measures or ["nDCG@10", "RR@10", "R@100"])
+    print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
+    return values
