@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_rank.callbacks import TokensPerSecond
+from lightning_rank.callbacks import TokensPerSecond, TrecRunWriter
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.module import RerankerModule
 
@@ -32,6 +32,7 @@ class LightningRankCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TokensPerSecond, "tokens_per_sec")
+        parser.add_lightning_class_args(TrecRunWriter, "run_writer")
         parser.add_argument(
             "--validate_before_fit",
             type=bool,

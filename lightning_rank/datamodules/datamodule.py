@@ -111,6 +111,7 @@ class RerankDataModule(pl.LightningDataModule):
 
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
         if stage == "fit":
             self._setup_train()
             self._setup_eval("val")

@@ -1,0 +1,295 @@
+"""Ranking losses over groups of documents.
+
+Every loss takes ``scores`` and ``labels`` of shape ``[Q, G]``: Q groups (queries) of G documents each, no
+padding. Labels are graded relevance as floats; in training groups built from qrels + hard negatives,
+column 0 is the positive (label >= 1) and the other G-1 columns are negatives (label 0). Distillation losses
+also take ``teacher_scores`` ``[Q, G]``. Each loss is a mean over groups and is computed in at least float32
+(scores from bf16/fp16 autocast are upcast; labels take the scores' dtype).
+
+Losses are selected in YAML by class path (``model.loss: {class_path: lightning_rank.losses.RankNet}``) or
+by the short class name (``model.loss: RankNet``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BinaryCrossEntropy",
+    "GroupCrossEntropy",
+    "KLDistillation",
+    "LambdaLoss",
+    "ListNet",
+    "MarginMSE",
+    "RankNet",
+    "RankingLoss",
+]
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Half precision and integer tensors to float32; float32/float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+class RankingLoss(nn.Module):
+    """Base class: ``forward(scores [Q, G], labels [Q, G], teacher_scores [Q, G] | None) -> scalar``.
+
+    Subclasses implement :meth:`loss`; ``forward`` checks shapes (and the teacher, for losses with
+    ``needs_teacher = True``) and upcasts half precision to float32 first.
+    """
+
+    needs_teacher: ClassVar[bool] = False
+    """True for distillation losses, which need ``teacher_scores``."""
+    min_group_size: ClassVar[int] = 1
+
+    def forward(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None = None) -> Tensor:
+        """Mean loss over the Q groups of ``scores`` ``[Q, G]`` with graded ``labels`` ``[Q, G]``."""
+        name = type(self).__name__
+        if scores.dim() != 2:
+            raise ValueError(
+                f"{name}: scores must be [Q, G] (groups x documents), got shape {tuple(scores.shape)}"
+            )
+        if labels.shape != scores.shape:
+            raise ValueError(
+                f"{name}: labels shape {tuple(labels.shape)} does not match "
+                f"scores shape {tuple(scores.shape)}"
+            )
+        if scores.shape[0] == 0 or scores.shape[1] < self.min_group_size:
+            raise ValueError(
+                f"{name}: needs at least 1 group of at least {self.min_group_size} documents, "
+                f"got scores of shape {tuple(scores.shape)}"
+            )
+        if self.needs_teacher:
+            if teacher_scores is None:
+                raise ValueError(
+                    f"{name} is a distillation loss and needs teacher_scores [Q, G]; provide teacher scores "
+                    "in the training data (e.g. a scored docpairs/run file) or pick a loss without a teacher"
+                )
+            if teacher_scores.shape != scores.shape:
+                raise ValueError(
+                    f"{name}: teacher_scores shape {tuple(teacher_scores.shape)} does not match scores "
+                    f"shape {tuple(scores.shape)}"
+                )
+        scores = _upcast(scores)
+        if teacher_scores is not None:
+            teacher_scores = teacher_scores.detach().to(scores.dtype)
+        return self.loss(scores, labels.to(scores.dtype), teacher_scores)
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        """The loss on validated float32/float64 inputs of one dtype; implemented by subclasses."""
+        raise NotImplementedError
+
+
+class GroupCrossEntropy(RankingLoss):
+    """Localized contrastive estimation (Gao et al., 2021): softmax cross-entropy over each group.
+
+    With one positive per group the loss is ``-log softmax(scores / T)[positive]``. With several positives
+    (label > 0) it is ``-log`` of the summed softmax probability of the positives (the probability that
+    the group's "pick" is relevant); the grade does not matter beyond > 0. A group without any positive
+    raises a ValueError (its loss would be undefined).
+
+    Args:
+        temperature: scores are divided by it before the softmax (lower = sharper).
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        positive = labels > 0
+        missing = int((~positive.any(dim=1)).sum())
+        if missing:
+            raise ValueError(
+                f"GroupCrossEntropy needs at least one positive (label > 0) in every group; "
+                f"{missing} of {labels.shape[0]} groups have none"
+            )
+        log_probs = torch.log_softmax(scores / self.temperature, dim=1)
+        log_p_positive = torch.logsumexp(log_probs.masked_fill(~positive, float("-inf")), dim=1)
+        return -log_p_positive.mean()
+
+
+class BinaryCrossEntropy(RankingLoss):
+    """Pointwise binary cross-entropy with logits: label > 0 is relevant (1), else 0.
+
+    Mean over all Q x G documents (equal to the mean over groups, as G is fixed).
+
+    Args:
+        pos_weight: weight of the positive term (e.g. G-1 to balance 1 positive against G-1 negatives).
+    """
+
+    def __init__(self, pos_weight: float = 1.0) -> None:
+        super().__init__()
+        if pos_weight <= 0:
+            raise ValueError(f"pos_weight must be > 0, got {pos_weight}")
+        self.pos_weight = pos_weight
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        target = (labels > 0).to(scores.dtype)
+        pos_weight = None if self.pos_weight == 1.0 else scores.new_tensor(self.pos_weight)
+        return F.binary_cross_entropy_with_logits(scores, target, pos_weight=pos_weight)
+
+
+def _mean_over_groups(group_loss: Tensor, valid: Tensor) -> Tensor:
+    """Mean of ``group_loss`` over groups where ``valid``; 0 (still in the graph) when none is valid."""
+    valid = valid.to(group_loss.dtype)
+    return (group_loss * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+class RankNet(RankingLoss):
+    """Pairwise logistic loss (Burges et al., 2005) over all pairs with ``label_i > label_j`` in a group.
+
+    ``log(1 + exp(-sigma * (s_i - s_j)))`` averaged over the valid pairs of each group, then over the
+    groups that have at least one valid pair (with fixed G and one positive: the mean over all pairs).
+
+    Args:
+        sigma: slope of the logistic.
+    """
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        pairs = (labels[:, :, None] > labels[:, None, :]).to(scores.dtype)  # [Q, i, j]
+        diff = scores[:, :, None] - scores[:, None, :]
+        pair_loss = F.softplus(-self.sigma * diff) * pairs
+        n_pairs = pairs.sum(dim=(1, 2))
+        group_loss = pair_loss.sum(dim=(1, 2)) / n_pairs.clamp(min=1.0)
+        return _mean_over_groups(group_loss, n_pairs > 0)
+
+
+class LambdaLoss(RankingLoss):
+    """LambdaLoss with the NDCG-Loss2++ weighting (Wang et al., 2018, "The LambdaLoss Framework for Ranking
+    Metric Optimization", CIKM; the formulation of allRank's ``lambdaLoss``).
+
+    Documents are sorted by the current scores (ranks ``r``); for each pair with ``label_i > label_j``::
+
+        loss_ij = -w_ij * log2(sigmoid(sigma * (s_i - s_j)))
+        w_ij    = (rho_ij + mu * delta_ij) * |G_i - G_j|            (scheme "ndcgLoss2++")
+        w_ij    = rho_ij * |G_i - G_j|                              (scheme "lambdaRank")
+        G_i     = (2^label_i - 1) / maxDCG,   D(r) = log2(1 + r)
+        rho_ij  = |1 / D(r_i) - 1 / D(r_j)|
+        delta_ij = |1 / D(|r_i - r_j|) - 1 / D(|r_i - r_j| + 1)|
+
+    The weights carry no gradient. Summed over the pairs of a group, mean over groups. Note the exponential
+    gain here (the paper's nDCG), while trec_eval's nDCG uses gain = grade; for binary labels they agree.
+
+    Args:
+        scheme: "ndcgLoss2++" (the paper's NDCG-Loss2++) or "lambdaRank" (LambdaRank's |ΔnDCG| weights).
+        mu: weight of the NDCG-Loss2 term in NDCG-Loss2++.
+        sigma: slope of the logistic.
+    """
+
+    def __init__(
+        self,
+        scheme: Literal["ndcgLoss2++", "lambdaRank"] = "ndcgLoss2++",
+        mu: float = 10.0,
+        sigma: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if scheme not in ("ndcgLoss2++", "lambdaRank"):
+            raise ValueError(f"scheme must be 'ndcgLoss2++' or 'lambdaRank', got {scheme!r}")
+        self.scheme = scheme
+        self.mu = mu
+        self.sigma = sigma
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        n_docs = scores.shape[1]
+        scores_sorted, order = scores.sort(dim=1, descending=True)
+        labels_by_score = labels.gather(1, order)
+        with torch.no_grad():
+            ranks = torch.arange(1, n_docs + 2, device=scores.device, dtype=scores.dtype)
+            inv_discount = 1.0 / torch.log2(1.0 + ranks)  # 1 / D(r), r = 1..G+1
+            ideal = labels.sort(dim=1, descending=True).values
+            max_dcg = ((2.0**ideal - 1.0) * inv_discount[:n_docs]).sum(dim=1).clamp(min=1e-10)
+            gains = (2.0**labels_by_score - 1.0) / max_dcg[:, None]
+            gain_diff = (gains[:, :, None] - gains[:, None, :]).abs()
+            rho = (inv_discount[:n_docs, None] - inv_discount[None, :n_docs]).abs()
+            weights = rho[None] * gain_diff
+            if self.scheme == "ndcgLoss2++":
+                pos = torch.arange(n_docs, device=scores.device)
+                dist = (pos[:, None] - pos[None, :]).abs()  # |r_i - r_j|, 0 on the diagonal
+                # D(0) is undefined; the diagonal is never a valid pair, so give it delta 0
+                delta = (inv_discount[(dist - 1).clamp(min=0)] - inv_discount[dist]).abs()
+                delta = delta.masked_fill(dist == 0, 0.0)
+                weights = weights + self.mu * delta[None] * gain_diff
+            pairs = labels_by_score[:, :, None] > labels_by_score[:, None, :]
+        diff = scores_sorted[:, :, None] - scores_sorted[:, None, :]
+        log2_sigmoid = F.logsigmoid(self.sigma * diff) / math.log(2.0)
+        pair_loss = -(weights * log2_sigmoid).masked_fill(~pairs, 0.0)
+        return pair_loss.sum(dim=(1, 2)).mean()
+
+
+class ListNet(RankingLoss):
+    """ListNet (Cao et al., 2007), top-one probabilities: cross-entropy between ``softmax(labels)`` and
+    ``softmax(scores / T)`` per group, mean over groups.
+
+    Args:
+        temperature: the student scores are divided by it before the softmax.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        target = torch.softmax(labels, dim=1)
+        return -(target * torch.log_softmax(scores / self.temperature, dim=1)).sum(dim=1).mean()
+
+
+class MarginMSE(RankingLoss):
+    """Margin-MSE distillation (Hofstätter et al., 2020, "Improving Efficient Neural Ranking Models with
+    Cross-Architecture Knowledge Distillation").
+
+    For each negative column j >= 1 against the positive column 0:
+    ``((s_0 - s_j) - (t_0 - t_j))^2``, mean over negatives and groups. Labels are not used (column 0 must be
+    the positive). Needs groups of at least 2 documents and ``teacher_scores``.
+    """
+
+    needs_teacher: ClassVar[bool] = True
+    min_group_size: ClassVar[int] = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        assert teacher_scores is not None
+        student_margin = scores[:, :1] - scores[:, 1:]
+        teacher_margin = teacher_scores[:, :1] - teacher_scores[:, 1:]
+        return F.mse_loss(student_margin, teacher_margin)
+
+
+class KLDistillation(RankingLoss):
+    """KL distillation per group, ``KL(softmax(teacher / T) || softmax(student / T))``, mean over groups.
+
+    Not multiplied by ``T^2`` (Hinton et al. do so to keep gradient sizes across temperatures); scale the
+    loss weight yourself when you compare temperatures. Labels are not used; needs ``teacher_scores``.
+
+    Args:
+        temperature: teacher and student scores are both divided by it.
+    """
+
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        assert teacher_scores is not None
+        student_log_p = torch.log_softmax(scores / self.temperature, dim=1)
+        teacher_log_p = torch.log_softmax(teacher_scores / self.temperature, dim=1)
+        kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1)
+        return kl.mean()

@@ -1,0 +1,317 @@
+"""Retrieval metrics identical to trec_eval, and TREC run file I/O.
+
+Validation and test rerank the top-k of a first-stage run. Every scored (query, document) pair is collected
+by :class:`RankingMetrics` (gathered across DDP ranks), and the reranked run is evaluated by
+:func:`evaluate_run`, which calls trec_eval's own code through ``ir_measures``' pytrec_eval provider, so the
+numbers are the ones ``trec_eval`` prints for the same run file.
+
+trec_eval semantics that matter here (and that :func:`evaluate_run` keeps):
+
+* documents are ranked by score, descending; ties are broken by docid, descending (``strcmp``), and the
+  rank column of a run file is ignored. :func:`write_trec_run` writes ranks in that same order.
+* averages are over the queries that appear in both the run and the qrels (trec_eval's default, without
+  ``-c``): a qrels query with no scored document is left out, a run query without qrels is ignored. A
+  query that is judged but has no relevant document counts, with value 0.
+* nDCG uses gain = relevance grade (linear) and a log2 discount; relevance for binary measures (P, R, RR,
+  AP) is grade >= 1 unless the measure says otherwise (e.g. ``P(rel=2)@5``).
+
+``RR@k`` (MRR@k) is the one common measure pytrec_eval has no cutoff for; it is computed by pytrec_eval's
+``recip_rank`` on the run truncated to its top k documents in trec_eval's order (what ``trec_eval -M k``
+does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+import torch
+from ir_measures.providers.base import NOT_PROVIDED
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+__all__ = [
+    "RankingMetrics",
+    "evaluate_run",
+    "parse_measures",
+    "rank_documents",
+    "read_trec_run",
+    "write_trec_run",
+]
+
+Run = dict[str, dict[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+_EXAMPLES = '"nDCG@10", "RR@10" (or "MRR@10"), "R@100", "MAP", "P@5", "AP@100", "Success@1", "P(rel=2)@5"'
+
+
+def _provider() -> Any:
+    """The pytrec_eval provider of ir_measures (trec_eval's own code)."""
+    return ir_measures.pytrec_eval
+
+
+def _rr_without_cutoff(measure: Any) -> Any | None:
+    """For ``RR@k``: the same RR measure without its cutoff (pytrec_eval has no RR cutoff); else None."""
+    if measure.NAME != "RR" or measure.params.get("cutoff", NOT_PROVIDED) is NOT_PROVIDED:
+        return None
+    return ir_measures.RR(**{k: v for k, v in measure.params.items() if k != "cutoff"})
+
+
+def parse_measures(measures: Sequence[str] | str) -> dict[str, Any]:
+    """Parse ir_measures strings into ``{string: Measure}``, keeping the strings as written.
+
+    Raises a ValueError naming the bad string, with examples, for an unknown or malformed measure or one that
+    trec_eval (the pytrec_eval provider) cannot compute.
+    """
+    if isinstance(measures, str):
+        measures = [measures]
+    if len(measures) == 0:
+        raise ValueError(f"no measures given; name at least one, e.g. {_EXAMPLES}")
+    provider = _provider()
+    parsed: dict[str, Any] = {}
+    for name in measures:
+        if not isinstance(name, str):
+            raise ValueError(f"measures must be strings such as {_EXAMPLES}; got {name!r}")
+        try:
+            measure = ir_measures.parse_measure(name)
+        except Exception as err:  # ir_measures raises NameError/ValueError/SyntaxError
+            raise ValueError(
+                f"unknown or malformed measure {name!r} ({err}); use ir_measures names such as {_EXAMPLES}"
+            ) from err
+        checked = _rr_without_cutoff(measure) or measure
+        if not provider.supports(checked):
+            raise ValueError(
+                f"measure {name!r} is not computed by trec_eval (ir_measures' pytrec_eval provider); "
+                f"supported measures include {_EXAMPLES}"
+            )
+        parsed[name] = measure
+    return parsed
+
+
+def rank_documents(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """Documents of one query in trec_eval's order: score descending, ties by docid descending."""
+    return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def evaluate_run(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Qrels,
+    measures: Sequence[str] | str,
+) -> dict[str, float]:
+    """Evaluate a run against qrels with trec_eval (pytrec_eval), keyed by the measure strings as given.
+
+    Args:
+        run: ``{query_id: {doc_id: score}}``; ranks come from the scores (ties: docid descending).
+        qrels: ``{query_id: {doc_id: relevance grade}}``.
+        measures: ir_measures strings, e.g. ``["nDCG@10", "RR@10", "R@100"]``.
+
+    Averages over queries present in both run and qrels (trec_eval's default). With no such query every
+    measure is 0.0, with a warning.
+    """
+    parsed = parse_measures(measures)
+    provider = _provider()
+    run = {qid: {did: float(score) for did, score in docs.items()} for qid, docs in run.items() if docs}
+    # trec_eval's default: only queries with results *and* judgements; ir_measures would otherwise fill
+    # qrels queries missing from the run with 0 (trec_eval -c).
+    qrels_eval = {qid: dict(judged) for qid, judged in qrels.items() if qid in run and judged}
+
+    if not qrels_eval:
+        reason = (
+            "the run is empty"
+            if not run
+            else f"none of the run's {len(run)} queries has relevance judgements (do the query ids match?)"
+        )
+        warnings.warn(f"{reason}; every measure is 0.0", stacklevel=2)
+        return dict.fromkeys(parsed, 0.0)
+    results: dict[Any, float] = {}
+    unique = list(dict.fromkeys(parsed.values()))  # deterministic order, e.g. "RR@10" and "MRR@10" once
+    native = [m for m in unique if _rr_without_cutoff(m) is None]
+    if native:
+        for measure, value in provider.calc_aggregate(native, qrels_eval, run).items():
+            results[measure] = float(value)
+    for measure in [m for m in unique if m not in native]:
+        base = _rr_without_cutoff(measure)
+        cutoff = int(measure["cutoff"])
+        judged_only = bool(measure["judged_only"])
+        truncated: Run = {}
+        for qid, docs in run.items():
+            judged = qrels_eval.get(qid, {})
+            ranked = [(d, s) for d, s in rank_documents(docs) if not judged_only or d in judged]
+            truncated[qid] = dict(ranked[:cutoff])
+        (value,) = provider.calc_aggregate([base], qrels_eval, truncated).values()
+        results[measure] = float(value)
+    return {name: results[measure] for name, measure in parsed.items()}
+
+
+class RankingMetrics(Metric):
+    """Reranking metrics over every scored (query, document) pair, equal to trec_eval's.
+
+    Query and document string ids live in the metric (``query_ids``, ``doc_ids``); batches pass integer
+    indices into these tables, so all states are tensors that gather across DDP ranks (``cat``). At
+    ``compute`` the pairs are de-duplicated (DistributedSampler repeats samples to pad the last batch; the
+    first occurrence is kept), turned into a run and evaluated by :func:`evaluate_run` (queries in qrels
+    with no scored document are left out of the average, as trec_eval does by default).
+
+    Call ``update`` per batch and ``compute`` once per epoch (then ``reset``); calling the metric itself
+    (``forward``) would also evaluate every batch on its own, which costs a trec_eval run per step.
+
+    Args:
+        measures: ir_measures strings, e.g. ``["nDCG@10", "RR@10", "R@100"]``; ``compute`` returns them as
+            keys exactly as written. Unknown measures raise a ValueError here, at construction.
+        qrels: ``{query_id: {doc_id: relevance grade}}``.
+        query_ids: table of query ids; ``update`` receives indices into it.
+        doc_ids: table of document ids; ``update`` receives indices into it.
+        **kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``compute_on_cpu``, ``sync_on_compute``).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    query_index: list[Tensor] | Tensor
+    doc_index: list[Tensor] | Tensor
+    score: list[Tensor] | Tensor
+
+    def __init__(
+        self,
+        measures: Sequence[str],
+        qrels: dict[str, dict[str, int]],
+        query_ids: Sequence[str],
+        doc_ids: Sequence[str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.measures = list(parse_measures(measures))
+        self.qrels = qrels
+        self.query_ids = list(query_ids)
+        self.doc_ids = list(doc_ids)
+        self.add_state("query_index", default=[], dist_reduce_fx="cat")
+        self.add_state("doc_index", default=[], dist_reduce_fx="cat")
+        self.add_state("score", default=[], dist_reduce_fx="cat")
+
+    def update(self, query_index: Tensor, doc_index: Tensor, scores: Tensor) -> None:
+        """Add scored pairs: ``query_index[i]``, ``doc_index[i]`` index the id tables; any equal shapes."""
+        if not (query_index.shape == doc_index.shape == scores.shape):
+            raise ValueError(
+                "query_index, doc_index and scores must have the same shape; got "
+                f"{tuple(query_index.shape)}, {tuple(doc_index.shape)}, {tuple(scores.shape)}"
+            )
+        if query_index.is_floating_point() or doc_index.is_floating_point():
+            raise ValueError("query_index and doc_index must be integer tensors (indices into the id tables)")
+        self.query_index.append(query_index.detach().reshape(-1).long())
+        self.doc_index.append(doc_index.detach().reshape(-1).long())
+        self.score.append(scores.detach().reshape(-1).float())
+
+    def run(self) -> Run:
+        """The de-duplicated run ``{query_id: {doc_id: score}}`` from the (gathered) states."""
+        if isinstance(self.query_index, list) and not self.query_index:
+            return {}
+        qidx = dim_zero_cat(self.query_index).cpu()
+        didx = dim_zero_cat(self.doc_index).cpu()
+        score = dim_zero_cat(self.score).cpu()
+        if qidx.numel() == 0:
+            return {}
+        for name, idx, table in (("query", qidx, self.query_ids), ("doc", didx, self.doc_ids)):
+            if int(idx.min()) < 0 or int(idx.max()) >= len(table):
+                raise ValueError(
+                    f"{name}_index out of range: values in [{int(idx.min())}, {int(idx.max())}] but the "
+                    f"{name} id table has {len(table)} entries"
+                )
+        # keep the first occurrence of each (query, doc) pair
+        key = qidx * len(self.doc_ids) + didx
+        order = torch.argsort(key, stable=True)
+        key_sorted = key[order]
+        first = torch.ones_like(key_sorted, dtype=torch.bool)
+        first[1:] = key_sorted[1:] != key_sorted[:-1]
+        keep = order[first]
+        run: Run = {}
+        for q, d, s in zip(qidx[keep].tolist(), didx[keep].tolist(), score[keep].tolist(), strict=True):
+            run.setdefault(self.query_ids[q], {})[self.doc_ids[d]] = s
+        return run
+
+    def compute(self) -> dict[str, float]:
+        """trec_eval's values of the measures on the reranked run, keyed by the measure strings."""
+        return evaluate_run(self.run(), self.qrels, self.measures)
+
+
+def read_trec_run(path: str | os.PathLike[str]) -> Run:
+    """Read a TREC run file (``qid Q0 docid rank score [tag]``) into ``{qid: {docid: score}}``.
+
+    The rank column is ignored, as trec_eval does. A document listed twice for one query is an error.
+    """
+    run: Run = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) not in (5, 6):
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'qid Q0 docid rank score tag' (6 fields), got {len(fields)}"
+                )
+            qid, _, did, _, score = fields[:5]
+            try:
+                value = float(score)
+            except ValueError as err:
+                raise ValueError(f"{path}:{lineno}: score {score!r} is not a number") from err
+            docs = run.setdefault(qid, {})
+            if did in docs:
+                raise ValueError(f"{path}:{lineno}: document {did!r} appears twice for query {qid!r}")
+            docs[did] = value
+    return run
+
+
+def _check_token(kind: str, value: str) -> None:
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"{kind} {value!r} cannot be written to a TREC run file (empty or has whitespace)")
+
+
+def write_trec_run(
+    run: Mapping[str, Mapping[str, float]], path: str | os.PathLike[str], tag: str = "lightning-rank"
+) -> None:
+    """Write ``{qid: {docid: score}}`` as a TREC run file, atomically.
+
+    Lines are ``qid Q0 docid rank score tag``; queries in sorted order, ranks 1.. in trec_eval's order
+    (score descending, ties by docid descending), scores written with full precision (``repr``), so
+    trec_eval reads back the same ranking. The file is written to a temporary file in the same folder and
+    moved into place with ``os.replace``: a failed write leaves an existing file untouched.
+    """
+    _check_token("tag", tag)
+    path = Path(path)
+    lines: list[str] = []
+    for qid in sorted(run):
+        _check_token("query id", qid)
+        for rank, (did, score) in enumerate(rank_documents(run[qid]), start=1):
+            _check_token("doc id", did)
+            value = float(score)
+            if math.isnan(value):
+                raise ValueError(f"score of ({qid!r}, {did!r}) is NaN; trec_eval cannot rank it")
+            lines.append(f"{qid} Q0 {did} {rank} {value!r} {tag}\n")
+    _atomic_write_lines(path, lines)
+
+
+def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+    """Write lines to a temp file next to ``path``, fsync, then ``os.replace`` it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600 files; keep the mode of the file we replace, else the usual 0644
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
