@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-OWN_SUBCOMMANDS = ("backbones", "bm25")
+OWN_SUBCOMMANDS = ("backbones", "bm25", "export")
 
 
 def list_backbones() -> int:
@@ -37,12 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "backbones":
         return list_backbones()
-    if argv and argv[0] == "bm25":
+    if argv and argv[0] in ("bm25", "export"):
         from jsonargparse import auto_cli
 
-        from lightning_rank.bm25 import bm25
-
-        auto_cli(bm25, args=argv[1:], as_positional=False)
+        if argv[0] == "bm25":
+            from lightning_rank.bm25 import bm25 as command
+        else:
+            from lightning_rank.export import export_checkpoint as command
+        auto_cli(command, args=argv[1:], as_positional=False)
         return 0
 
     from lightning_rank.backbones.registry import UnknownBackboneError

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -110,6 +112,40 @@ class RerankerModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         return {"query_index": batch["query_index"], "doc_index": batch["doc_index"], "scores": self(batch)}
+
+    # -- inference without Lightning ------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Export backbone (its own format), tokenizer and head to ``folder`` (``lightning_rank.export``)."""
+        from lightning_rank.export import export_reranker
+
+        return export_reranker(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **backbone_overrides: Any) -> RerankerModule:
+        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode."""
+        from lightning_rank.export import load_reranker
+
+        return load_reranker(folder, **backbone_overrides)
+
+    @torch.no_grad()
+    def score(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        batch_size: int = 64,
+        max_length: int = 256,
+        max_query_length: int = 64,
+    ) -> Tensor:
+        """Relevance scores of (query, document) pairs, rendered exactly as in training."""
+        from lightning_rank.datamodules.collate import PairCollator
+
+        collate = PairCollator(self.backbone.tokenizer, self.backbone.template, max_length, max_query_length)
+        out = []
+        for i in range(0, len(queries), batch_size):
+            batch = collate(list(queries[i : i + batch_size]), list(documents[i : i + batch_size]))
+            tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
+            out.append(self(tensors).cpu())
+        return torch.cat(out) if out else torch.empty(0)
 
     # -- optimization ------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
