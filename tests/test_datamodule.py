@@ -148,3 +148,27 @@ def test_unknown_dataset_id_suggests_close_ids():
 
     with pytest.raises(KeyError, match="Did you mean: msmarco-passage/dev/small"):
         load_dataset("msmarco-pasage/dev/small")
+
+
+def test_dataset_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch):
+    """beir/scifact is not on this machine; with no network the download fails and we say what to do."""
+    import time
+
+    import requests
+
+    from lightning_rank.datamodules.collections import DatasetDownloadError
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Failed to resolve host (no network)")
+
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path))
+    monkeypatch.setattr(requests, "get", offline)  # as here and in CI, even on a networked machine
+    dm = RerankDataModule(train_dataset="beir/scifact/train")
+    dm.use_backbone(stub_backbone())
+    start = time.perf_counter()
+    with pytest.raises(DatasetDownloadError) as err:
+        dm.setup("fit")
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "'beir/scifact/train'" in message and "Download the dataset first" in message
+    assert str(tmp_path) in message

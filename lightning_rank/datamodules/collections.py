@@ -10,14 +10,18 @@ exists, e.g. written by ``lightning-rank bm25``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import json
 import os
+import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import ir_datasets
+import requests
 from ir_datasets.datasets.base import Dataset, FilteredQueries
 from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
 from ir_datasets.formats import GenericDoc, GenericQuery, TrecScoredDocs
@@ -27,6 +31,34 @@ from lightning_rank.datamodules.synthetic import DemoSpec, generate
 
 DEMO_ID = "lightning-rank/demo"
 _REQUIRED = ("corpus.jsonl", "queries.jsonl")
+
+
+class DatasetDownloadError(RuntimeError):
+    """An ir_datasets id whose files are not on this machine and could not be downloaded."""
+
+
+@contextlib.contextmanager
+def downloads_fail_fast(dataset_id: str) -> Iterator[None]:
+    """Turn ir_datasets' download failures into one clear error: what is missing, where it is kept, how to
+    get it. ir_datasets retries 3 times with a 15 s timeout by default; unless the user set
+    ``IR_DATASETS_DL_TRIES``, one try is made."""
+    os.environ.setdefault("IR_DATASETS_DL_TRIES", "1")
+    try:
+        yield
+    except (
+        requests.exceptions.RequestException,
+        urllib.error.URLError,
+        ConnectionError,
+        TimeoutError,
+    ) as err:
+        url = getattr(getattr(err, "request", None), "url", None) or ""
+        raise DatasetDownloadError(
+            f"ir_datasets id {dataset_id!r} needs files that are not on this machine and the download "
+            f"{url or ''} failed ({type(err).__name__}: no network?). Download the dataset first on a "
+            f"machine with network access (e.g. `ir_datasets export {dataset_id} docs > /dev/null`, and "
+            f"likewise queries/qrels/scoreddocs) and copy ir_datasets' home, {ir_datasets.util.home_path()} "
+            "(set by IR_DATASETS_HOME), to this machine."
+        ) from err
 
 
 class DatasetNotFoundError(KeyError):

@@ -14,7 +14,7 @@ from ir_datasets.util import LocalDownload
 from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.datamodules.collections import load_dataset, register_beir_folder
+from lightning_rank.datamodules.collections import downloads_fail_fast, load_dataset, register_beir_folder
 from lightning_rank.datamodules.documents import DocumentLookup
 from lightning_rank.datamodules.groups import NegativeSampling, build_training_index
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
@@ -125,12 +125,15 @@ class RerankDataModule(pl.LightningDataModule):
         if hp.train_dataset is None:
             raise ValueError("`fit` needs data.train_dataset (an ir_datasets id with qrels)")
         dataset = load_dataset(hp.train_dataset)
-        queries = _queries(dataset)
         documents = DocumentLookup(hp.train_dataset)
-        run = _ranked(_scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run"), hp.negatives_depth)
-        index, report = build_training_index(
-            dataset.qrels_dict(), run, queries, documents.existing, hp.min_relevance, hp.negatives_depth
-        )
+        with downloads_fail_fast(hp.train_dataset):
+            queries = _queries(dataset)
+            run = _ranked(
+                _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run"), hp.negatives_depth
+            )
+            index, report = build_training_index(
+                dataset.qrels_dict(), run, queries, documents.existing, hp.min_relevance, hp.negatives_depth
+            )
         if not index:
             raise ValueError(f"{hp.train_dataset}: no trainable query ({report.summary()} skipped)")
         log.info("%s: %d training queries; skipped %s", hp.train_dataset, len(index), report.summary())
@@ -156,11 +159,13 @@ class RerankDataModule(pl.LightningDataModule):
         if stage in self._eval:
             return
         dataset = load_dataset(dataset_id)
-        queries = _queries(dataset)
-        run = _ranked(_scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run"), hp.rerank_depth)
-        candidates = {d for _, d in run}
-        doc_texts = DocumentLookup(dataset_id).texts(candidates)
-        qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
+        with downloads_fail_fast(dataset_id):
+            queries = _queries(dataset)
+            run = _ranked(
+                _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run"), hp.rerank_depth
+            )
+            doc_texts = DocumentLookup(dataset_id).texts({d for _, d in run})
+            qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
         split = build_eval_split(run, queries, qrels, doc_texts, hp.rerank_depth)
         if not split.pairs:
             raise ValueError(f"{dataset_id}: nothing to rerank ({split.report.summary()} skipped)")
