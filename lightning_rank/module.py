@@ -67,7 +67,18 @@ class RerankerModule(pl.LightningModule):
 
     # -- scoring -----------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        """One relevance score per row of the batch (fp32)."""
+        """One relevance score per row of the batch (fp32); length buckets are scored separately and
+        their scores put back in row order."""
+        if "buckets" not in batch:
+            return self._score(batch)
+        n = sum(len(b["rows"]) for b in batch["buckets"])
+        parts = [(b["rows"], self._score(b)) for b in batch["buckets"]]
+        scores = parts[0][1].new_empty(n)
+        for rows, part in parts:
+            scores[rows] = part
+        return scores
+
+    def _score(self, batch: dict[str, Any]) -> Tensor:
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         pooled = self.backbone.pool(hidden, batch["attention_mask"])
         with torch.autocast(device_type=pooled.device.type, enabled=False):
@@ -144,7 +155,7 @@ class RerankerModule(pl.LightningModule):
         for i in range(0, len(queries), batch_size):
             batch = collate(list(queries[i : i + batch_size]), list(documents[i : i + batch_size]))
             tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
-            out.append(self(tensors).cpu())
+            out.append(self._score(tensors).cpu())
         return torch.cat(out) if out else torch.empty(0)
 
     # -- optimization ------------------------------------------------------------------------------------

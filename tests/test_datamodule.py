@@ -27,7 +27,8 @@ def write_collection(root: Path, n_queries: int = 24, n_docs: int = 60) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     with (root / "corpus.jsonl").open("w") as f:
         for d in range(n_docs):
-            f.write(json.dumps({"_id": f"d{d}", "title": "", "text": f"baba bebe kavo{d % 5} doc {d}"}) + "\n")
+            doc = {"_id": f"d{d}", "title": "", "text": f"baba bebe kavo{d % 5} doc {d}"}
+            f.write(json.dumps(doc) + "\n")
     with (root / "queries.jsonl").open("w") as f:
         for q in range(n_queries):
             f.write(json.dumps({"_id": f"q{q}", "text": f"kavo query {q}"}) + "\n")
@@ -59,7 +60,9 @@ def make_dm(dataset: str, **kwargs) -> RerankDataModule:
 
 
 def loader(dm: RerankDataModule, rank: int, world: int, workers: int, epoch: int = 0) -> ResumableLoader:
-    return ResumableLoader(dm._train, epoch_fn=lambda: epoch, shard_fn=lambda: (rank, world), num_workers=workers)
+    return ResumableLoader(
+        dm._train, epoch_fn=lambda: epoch, shard_fn=lambda: (rank, world), num_workers=workers
+    )
 
 
 def test_two_ranks_two_workers_cover_every_query_exactly_once(collection):
@@ -172,3 +175,18 @@ def test_dataset_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch)
     message = str(err.value)
     assert "'beir/scifact/train'" in message and "Download the dataset first" in message
     assert str(tmp_path) in message
+
+
+def test_length_buckets_cut_padding_and_keep_row_order(collection):
+    plain = make_dm(collection)
+    bucketed = make_dm(collection, length_buckets=3)
+    a = next(iter(loader(plain, 0, 1, 0)))
+    b = next(iter(loader(bucketed, 0, 1, 0)))
+    assert a["query_ids"] == b["query_ids"] and a["real_tokens"] == b["real_tokens"]
+    assert b["padded_tokens"] <= a["padded_tokens"]
+    rows = sorted(int(r) for bucket in b["buckets"] for r in bucket["rows"])
+    assert rows == list(range(a["input_ids"].shape[0]))
+    for bucket in b["buckets"]:  # each bucket holds exactly the rows' tokens of the unbucketed batch
+        for row, ids, mask in zip(bucket["rows"], bucket["input_ids"], bucket["attention_mask"], strict=True):
+            n = int(mask.sum())
+            assert ids[:n].equal(a["input_ids"][row, :n])

@@ -1,30 +1,60 @@
-"""Turn (query, document) texts into a padded batch in the DataLoader workers, not in the training step."""
+"""Turn (query, document) texts into padded tensors in the DataLoader workers, not in the training step.
+
+With ``length_buckets > 1`` a batch's pairs are sorted by length and cut into that many buckets, each
+padded to its own longest pair (``batch["buckets"]``, with the rows each bucket holds): short passages are
+not padded to long ones, and the order of the data, hence sharding and exact resume, is unchanged.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rank.templates import PairTemplate
+from lightning_rank.templates import EncodedPair, PairTemplate
+
+TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
 class PairCollator:
-    """Render with the backbone's template, tokenize, right-pad to the longest pair of the batch (optionally
-    to a multiple of ``pad_to_multiple_of``) and count real and padded tokens."""
+    """Render with the backbone's template, tokenize, right-pad (optionally to a multiple of
+    ``pad_to_multiple_of``), bucket by length, and count real and padded tokens."""
 
     tokenizer: PreTrainedTokenizerBase
     template: PairTemplate
     max_length: int = 256
     max_query_length: int = 64
     pad_to_multiple_of: int | None = None
+    length_buckets: int = 1
 
-    def __call__(self, queries: list[str], documents: list[str]) -> dict:
+    def __call__(self, queries: list[str], documents: list[str]) -> dict[str, Any]:
         encoded = self.template.encode(
             self.tokenizer, queries, documents, self.max_length, self.max_query_length
         )
+        n = len(encoded)
+        buckets = min(max(self.length_buckets, 1), n)
+        if buckets == 1:
+            batch = self._pad(encoded)
+        else:
+            order = sorted(range(n), key=lambda i: len(encoded[i].input_ids))
+            bounds = [round(k * n / buckets) for k in range(buckets + 1)]
+            batch = {"buckets": []}
+            for lo, hi in itertools.pairwise(bounds):
+                rows = order[lo:hi]
+                part = self._pad([encoded[i] for i in rows])
+                part["rows"] = torch.tensor(rows, dtype=torch.long)
+                batch["buckets"].append(part)
+        parts = batch.get("buckets", [batch])
+        batch["real_tokens"] = sum(int(p["attention_mask"].sum()) for p in parts)
+        batch["padded_tokens"] = sum(p["input_ids"].numel() for p in parts)
+        batch["num_sequences"] = n
+        return batch
+
+    def _pad(self, encoded: list[EncodedPair]) -> dict[str, torch.Tensor]:
         longest = max(len(e.input_ids) for e in encoded)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
@@ -40,13 +70,7 @@ class PairCollator:
             attention_mask[i, :length] = 1
             if token_type_ids is not None:
                 token_type_ids[i, :length] = torch.tensor(e.token_type_ids)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "real_tokens": int(attention_mask.sum()),
-            "padded_tokens": n * longest,
-            "num_sequences": n,
-        }
+        out = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
-            batch["token_type_ids"] = token_type_ids
-        return batch
+            out["token_type_ids"] = token_type_ids
+        return out

@@ -53,6 +53,7 @@ class RerankDataModule(pl.LightningDataModule):
         max_length: int = 256,
         max_query_length: int = 64,
         pad_to_multiple_of: int | None = None,
+        length_buckets: int = 1,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -79,6 +80,8 @@ class RerankDataModule(pl.LightningDataModule):
             max_length: tokens per pair; documents are truncated to fit.
             max_query_length: queries are kept whole up to this many tokens.
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
+            length_buckets: sort each batch's pairs by length and pad this many buckets separately (the
+                model scores them one after the other): less padding on passages of mixed lengths.
             num_workers: DataLoader workers (tokenization happens there).
             seed: seeds query order and negative sampling (with the epoch).
         """
@@ -106,7 +109,12 @@ class RerankDataModule(pl.LightningDataModule):
             )
         hp = self.hparams
         return PairCollator(
-            backbone.tokenizer, backbone.template, hp.max_length, hp.max_query_length, hp.pad_to_multiple_of
+            backbone.tokenizer,
+            backbone.template,
+            hp.max_length,
+            hp.max_query_length,
+            hp.pad_to_multiple_of,
+            hp.length_buckets,
         )
 
     # -- setup -----------------------------------------------------------------------------------------

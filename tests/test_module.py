@@ -1,0 +1,58 @@
+"""RerankerModule: scoring, length buckets, export round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_rank.datamodules.collate import PairCollator
+from lightning_rank.module import RerankerModule
+
+TINY_BERT = {
+    "tokenizer": "builtin:words",
+    "config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+}
+QUERIES = ["baba kavo", "zuzu", "dede fafa gigi", "baba"]
+DOCS = ["kavo dede baba", "zuzu zuzu bebe kavo lilo momo", "fafa", "baba baba baba baba dede dede dede"]
+
+
+@pytest.fixture(scope="module")
+def bert() -> RerankerModule:
+    torch.manual_seed(0)
+    return RerankerModule(backbone="bert", backbone_args=TINY_BERT).eval()
+
+
+def test_length_buckets_give_the_same_scores(bert):
+    plain = PairCollator(bert.backbone.tokenizer, bert.backbone.template)
+    bucketed = PairCollator(bert.backbone.tokenizer, bert.backbone.template, length_buckets=3)
+    with torch.no_grad():
+        a = bert(plain(QUERIES, DOCS))
+        b = bert(bucketed(QUERIES, DOCS))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_export_round_trip_scores_equal_and_backbone_loads_with_automodel(bert, tmp_path):
+    from transformers import AutoModel
+
+    folder = bert.save_pretrained(tmp_path / "export")
+    loaded = RerankerModule.from_pretrained(folder)
+    torch.testing.assert_close(bert.score(QUERIES, DOCS), loaded.score(QUERIES, DOCS), atol=1e-6, rtol=0)
+    assert type(AutoModel.from_pretrained(folder / "backbone")).__name__ == "BertModel"
+    # Exporting again over the same folder replaces it whole.
+    bert.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["backbone", "head.safetensors", "reranker.json"]
+
+
+def test_from_pretrained_rejects_a_folder_that_is_not_an_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a lightning-rank export"):
+        RerankerModule.from_pretrained(tmp_path)
+
+
+def test_unknown_measure_fails_at_construction():
+    with pytest.raises(ValueError, match="nDCG@1O"):
+        RerankerModule(backbone="bert", backbone_args=TINY_BERT, measures=["nDCG@1O"])
+
+
+def test_unknown_backbone_argument_names_the_valid_ones():
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['hiden_size'\].*valid arguments"):
+        RerankerModule(backbone="bert", backbone_args={**TINY_BERT, "hiden_size": 3})
