@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_rank.callbacks import TokensPerSecond, TrecRunWriter
+from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.module import RerankerModule
 
@@ -53,7 +53,7 @@ class LightningRankCLI(LightningCLI):
         chosen = [*(trainer_config.get("callbacks") or []), *extra]
         wants_bar = trainer_config.get("enable_progress_bar", True) is not False
         if wants_bar and not any(isinstance(c, ProgressBar) for c in chosen):
-            extra.append(RichProgressBar(leave=True))
+            extra.append(RankProgressBar(leave=True))
         return self._instantiate_trainer(trainer_config, extra)
 
     def _flag(self, name: str) -> bool:

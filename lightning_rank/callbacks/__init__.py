@@ -1,6 +1,7 @@
-"""Callbacks: tokens/sec profiler and TREC run writer."""
+"""Callbacks: tokens/sec profiler, TREC run writer, progress bar."""
 
+from lightning_rank.callbacks.progress import RankProgressBar
 from lightning_rank.callbacks.run_writer import TrecRunWriter
 from lightning_rank.callbacks.throughput import TokensPerSecond
 
-__all__ = ["TokensPerSecond", "TrecRunWriter"]
+__all__ = ["RankProgressBar", "TokensPerSecond", "TrecRunWriter"]
