@@ -67,6 +67,9 @@ class RerankerModule(pl.LightningModule):
         self.measures = list(measures)
         self.optimizer_factory = optimizer
         self._freeze(frozen)
+        # transformers' from_pretrained returns modules in eval mode and Lightning keeps each module's mode:
+        # without this, dropout would be silently off while fine-tuning a pretrained backbone.
+        self.train()
         parse_measures(self.measures)  # unknown measure names fail here, before any data is read
         self._metrics: dict[str, RankingMetrics] = {}
 

@@ -190,3 +190,47 @@ def test_length_buckets_cut_padding_and_keep_row_order(collection):
         for row, ids, mask in zip(bucket["rows"], bucket["input_ids"], bucket["attention_mask"], strict=True):
             n = int(mask.sum())
             assert ids[:n].equal(a["input_ids"][row, :n])
+
+
+@pytest.fixture(scope="module")
+def pairs_collection(tmp_path_factory) -> str:
+    folder = write_collection(tmp_path_factory.mktemp("pairs") / "px")
+    (folder / "docpairs").mkdir()
+    # q0's pairs include d1 as a "negative", but d1 is judged relevant for q0 in qrels: it must not be used.
+    rows = [f"q{q}\td{q}\td{(q + 7 + k) % 60}" for q in range(24) for k in range(5)] + ["q0\td0\td1"]
+    (folder / "docpairs" / "train.tsv").write_text("\n".join(rows) + "\n")
+    register_beir_folder("pairs-collection", folder)
+    return "pairs-collection/train"
+
+
+def test_docpairs_give_groups_and_never_a_judged_positive_as_negative(pairs_collection):
+    dm = make_dm(pairs_collection, train_source="docpairs")
+    by_query = {q.query_id: q for q in dm._train.index}
+    assert len(by_query) == 24
+    assert "d1" not in by_query["q0"].negatives and "d1" in by_query["q0"].positives
+    assert by_query["q3"].negatives == tuple(f"d{(3 + 7 + k) % 60}" for k in range(5))
+    batch = next(iter(loader(dm, 0, 1, 0)))
+    assert batch["input_ids"].shape[0] == 3 * 4
+
+
+def test_teacher_scores_travel_with_their_documents(collection, tmp_path):
+    lines = [
+        f"q{q} Q0 d{(q + k) % 60} {k + 1} {100 - q - k / 10} teacher" for q in range(24) for k in range(12)
+    ]
+    teacher = tmp_path / "teacher.trec"
+    teacher.write_text("\n".join(lines) + "\n")
+    dm = make_dm(collection, teacher_run=str(teacher))
+    stream = dm._train
+    batch = stream.make_batch([0, 1])
+    assert batch["teacher_scores"].shape == (2, 4)
+    scores = {(q, d): float(s) for q, _, d, _, s, _ in (line.split() for line in lines)}
+    import random
+
+    for row, position in enumerate([0, 1]):  # re-derive the sampled group to check alignment
+        query = stream.index[position]
+        rng = random.Random(hash((stream.seed, stream.epoch, position)))
+        from lightning_rank.datamodules.groups import sample_group
+
+        group, _ = sample_group(query, 4, rng)
+        expected = [scores[(query.query_id, d)] for d in group]
+        assert batch["teacher_scores"][row].tolist() == pytest.approx(expected)

@@ -56,3 +56,12 @@ def test_unknown_measure_fails_at_construction():
 def test_unknown_backbone_argument_names_the_valid_ones():
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['hiden_size'\].*valid arguments"):
         RerankerModule(backbone="bert", backbone_args={**TINY_BERT, "hiden_size": 3})
+
+
+def test_pretrained_backbone_trains_with_dropout_on(tmp_path):
+    """from_pretrained leaves transformers models in eval mode; a fresh module must be in train mode."""
+    torch.manual_seed(0)
+    source = RerankerModule(backbone="bert", backbone_args=TINY_BERT)
+    source.backbone.save_pretrained(tmp_path / "bert")
+    module = RerankerModule(backbone="bert", backbone_args={"pretrained": str(tmp_path / "bert")})
+    assert all(m.training for m in module.modules())

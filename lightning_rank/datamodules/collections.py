@@ -4,8 +4,9 @@ User data, test fixtures and the demo then go through exactly the code that serv
 names a dataset id, and :func:`load_dataset` returns the ir_datasets object.
 
 A BEIR folder ``F`` registered as ``NAME`` gives ``NAME`` (docs + queries) and ``NAME/<split>`` for every
-``F/qrels/<split>.tsv`` (docs, that split's queries, qrels, and scoreddocs when ``F/runs/<split>.trec``
-exists, e.g. written by ``lightning-rank bm25``).
+``F/qrels/<split>.tsv`` (docs, that split's queries, qrels, scoreddocs when ``F/runs/<split>.trec`` exists,
+e.g. written by ``lightning-rank bm25``, and docpairs when ``F/docpairs/<split>.tsv`` holds
+``query_id<TAB>positive_doc_id<TAB>negative_doc_id`` lines).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import ir_datasets
 import requests
 from ir_datasets.datasets.base import Dataset, FilteredQueries
 from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
-from ir_datasets.formats import GenericDoc, GenericQuery, TrecScoredDocs
+from ir_datasets.formats import GenericDoc, GenericQuery, TrecScoredDocs, TsvDocPairs
 from ir_datasets.util import LocalDownload
 
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
@@ -109,6 +110,9 @@ def register_beir_folder(name: str, folder: str | os.PathLike) -> list[str]:
         run_file = folder / "runs" / f"{split}.trec"
         if run_file.is_file():
             parts.append(TrecScoredDocs(LocalDownload(run_file)))
+        pairs_file = folder / "docpairs" / f"{split}.tsv"
+        if pairs_file.is_file():
+            parts.append(TsvDocPairs(LocalDownload(pairs_file)))
         _register(f"{name}/{split}", Dataset(*parts), marker)
     return _ids_of(name)
 

@@ -6,7 +6,7 @@ import heapq
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from ir_datasets.formats import TrecScoredDocs
@@ -16,9 +16,14 @@ from torch.utils.data import DataLoader
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.collections import downloads_fail_fast, load_dataset, register_beir_folder
 from lightning_rank.datamodules.documents import DocumentLookup
-from lightning_rank.datamodules.groups import NegativeSampling, build_training_index
+from lightning_rank.datamodules.groups import (
+    NegativeSampling,
+    build_training_index,
+    docpairs_as_qrels_and_run,
+)
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
+from lightning_rank.metrics import read_trec_run
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ class RerankDataModule(pl.LightningDataModule):
         test_run: str | None = None,
         predict_run: str | None = None,
         local_collections: dict[str, str] | None = None,
+        train_source: Literal["run", "docpairs"] = "run",
+        teacher_run: str | None = None,
         group_size: int = 8,
         batch_size: int = 4,
         eval_batch_size: int = 64,
@@ -70,6 +77,11 @@ class RerankDataModule(pl.LightningDataModule):
             predict_run: TREC run file to rerank for predict.
             local_collections: ``{name: folder}`` of BEIR-format folders to register as ir_datasets ids
                 ``name`` and ``name/<split>`` before anything is loaded.
+            train_source: where training groups come from: ``run`` (qrels positives + negatives from the
+                run's top ``negatives_depth``) or ``docpairs`` (the dataset's docpairs, e.g.
+                ``msmarco-passage/train/triples-small``: doc_a positive, doc_b's the negatives).
+            teacher_run: TREC run file whose scores are kept with each group as ``teacher_scores``, for
+                distillation losses (MarginMSE, KLDistillation); documents it did not score are skipped.
             group_size: documents per training group: 1 positive + ``group_size - 1`` negatives.
             batch_size: training groups per batch (a batch holds ``batch_size * group_size`` pairs).
             eval_batch_size: pairs per validation/test/predict batch.
@@ -134,13 +146,20 @@ class RerankDataModule(pl.LightningDataModule):
             raise ValueError("`fit` needs data.train_dataset (an ir_datasets id with qrels)")
         dataset = load_dataset(hp.train_dataset)
         documents = DocumentLookup(hp.train_dataset)
+        teacher = read_trec_run(hp.teacher_run) if hp.teacher_run else None
         with downloads_fail_fast(hp.train_dataset):
             queries = _queries(dataset)
-            run = _ranked(
-                _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run"), hp.negatives_depth
-            )
+            qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
+            if hp.train_source == "docpairs":
+                if not dataset.has_docpairs():
+                    raise ValueError(f"{hp.train_dataset} has no docpairs; use data.train_source: run")
+                pairs = ((p.query_id, p.doc_id_a, p.doc_id_b) for p in dataset.docpairs_iter())
+                qrels, run = docpairs_as_qrels_and_run(pairs, qrels)
+            else:
+                scoreddocs = _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run")
+                run = _ranked(scoreddocs, hp.negatives_depth)
             index, report = build_training_index(
-                dataset.qrels_dict(), run, queries, documents.existing, hp.min_relevance, hp.negatives_depth
+                qrels, run, queries, documents.existing, hp.min_relevance, hp.negatives_depth, teacher
             )
         if not index:
             raise ValueError(f"{hp.train_dataset}: no trainable query ({report.summary()} skipped)")
@@ -155,6 +174,7 @@ class RerankDataModule(pl.LightningDataModule):
             hp.batch_size,
             hp.seed,
             hp.negative_sampling,
+            teacher,
         )
 
     def _setup_eval(self, stage: str) -> None:

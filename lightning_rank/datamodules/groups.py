@@ -50,10 +50,12 @@ def build_training_index(
     document_exists: Callable[[Iterable[str]], set[str]],
     min_relevance: int = 1,
     depth: int = 100,
+    teacher: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[list[TrainingQuery], SkipReport]:
     """Join qrels with a run (``(query_id, doc_id)`` pairs, best first per query) into trainable queries.
 
-    ``document_exists`` takes doc ids and returns the subset present in the corpus (one bulk lookup).
+    ``document_exists`` takes doc ids and returns the subset present in the corpus (one bulk lookup). With
+    ``teacher`` scores (for distillation), documents the teacher did not score are left out and counted.
     """
     report = SkipReport()
     candidates: dict[str, list[str]] = {}
@@ -79,11 +81,37 @@ def build_training_index(
         ranked = candidates.get(qid, [])
         negatives = tuple(d for d in ranked if d not in judged_positive and d in present)
         report.add("run entries naming missing documents", sum(d not in present for d in ranked))
+        if teacher is not None:
+            scored = teacher.get(qid, {})
+            kept_pos = tuple(d for d in positives if d in scored)
+            kept_neg = tuple(d for d in negatives if d in scored)
+            report.add(
+                "documents without a teacher score",
+                len(positives) + len(negatives) - len(kept_pos) - len(kept_neg),
+            )
+            positives, negatives = kept_pos, kept_neg
+            if not positives:
+                report.add("queries without a teacher-scored positive")
+                continue
         if not negatives:
             report.add("queries without negatives in the run")
             continue
         index.append(TrainingQuery(qid, positives, negatives))
     return index, report
+
+
+def docpairs_as_qrels_and_run(
+    docpairs: Iterable[tuple[str, str, str]], qrels: Mapping[str, Mapping[str, int]] | None = None
+) -> tuple[dict[str, dict[str, int]], list[tuple[str, str]]]:
+    """Docpairs ``(query, doc_a, doc_b)`` (a preferred over b, as MS MARCO's triples) as qrels (every doc_a is
+    a positive) and a run (the doc_b's, in file order) for :func:`build_training_index`. Judged positives
+    from ``qrels`` are kept too, so a doc_b that is judged relevant never becomes a negative."""
+    merged: dict[str, dict[str, int]] = {q: dict(r) for q, r in (qrels or {}).items()}
+    run: list[tuple[str, str]] = []
+    for qid, doc_a, doc_b in docpairs:
+        merged.setdefault(qid, {})[doc_a] = max(merged.get(qid, {}).get(doc_a, 1), 1)
+        run.append((qid, doc_b))
+    return merged, run
 
 
 def sample_group(

@@ -37,6 +37,7 @@ class TrainingGroupStream(IterableDataset):
         batch_size: int,
         seed: int = 0,
         sampling: NegativeSampling = "uniform",
+        teacher: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.index = index
         self.queries = queries
@@ -46,6 +47,7 @@ class TrainingGroupStream(IterableDataset):
         self.batch_size = batch_size
         self.seed = seed
         self.sampling = sampling
+        self.teacher = teacher
         self.rank, self.world_size = 0, 1
         self.epoch, self.skip_batches = 0, 0
 
@@ -71,7 +73,7 @@ class TrainingGroupStream(IterableDataset):
             yield self.make_batch(batches[j])
 
     def make_batch(self, positions: list[int]) -> dict[str, Any]:
-        queries, doc_ids, repeated = [], [], 0
+        queries, doc_ids, teacher_scores, repeated = [], [], [], 0
         for p in positions:
             query = self.index[p]
             rng = random.Random(hash((self.seed, self.epoch, p)))
@@ -79,11 +81,15 @@ class TrainingGroupStream(IterableDataset):
             repeated += was_repeated
             queries.extend([self.queries[query.query_id]] * self.group_size)
             doc_ids.extend(group)
+            if self.teacher is not None:
+                teacher_scores.append([self.teacher[query.query_id][d] for d in group])
         texts = self.documents.texts(set(doc_ids))
         batch = self.collator(queries, [texts[d] for d in doc_ids])
         labels = torch.zeros(len(positions), self.group_size)
         labels[:, 0] = 1.0
         batch["labels"] = labels
+        if self.teacher is not None:
+            batch["teacher_scores"] = torch.tensor(teacher_scores, dtype=torch.float32)
         batch["query_ids"] = [self.index[p].query_id for p in positions]
         batch["repeated_negatives"] = repeated
         return batch
