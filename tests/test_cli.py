@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+import ir_measures
 import pytest
 import torch
 from conftest import REPO
@@ -107,6 +108,8 @@ def test_test_and_predict_write_metrics_and_a_run_file(tmp_path):
     )
     run = read_trec_run(run_file)
     assert len(run) == 100 and all(len(docs) >= 10 for docs in run.values())
+    entries = list(ir_measures.read_trec_run(str(run_file)))  # the format other tools read
+    assert len(entries) == sum(len(docs) for docs in run.values())
     main(
         [
             "test",
