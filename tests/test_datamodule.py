@@ -234,3 +234,12 @@ def test_teacher_scores_travel_with_their_documents(collection, tmp_path):
         group, _ = sample_group(query, 4, rng)
         expected = [scores[(query.query_id, d)] for d in group]
         assert batch["teacher_scores"][row].tolist() == pytest.approx(expected)
+
+
+def test_run_top_k_is_bounded_and_breaks_ties_like_trec_eval():
+    from lightning_rank.datamodules.datamodule import _ranked
+
+    scored = [("a", 1.0), ("b", 3.0), ("c", 3.0), ("d", 0.5), ("e", 2.0)]
+    rows = [SimpleNamespace(query_id="q1", doc_id=d, score=s) for d, s in scored]
+    rows.append(SimpleNamespace(query_id="q0", doc_id="z", score=1.0))
+    assert _ranked(iter(rows), 3) == [("q1", "c"), ("q1", "b"), ("q1", "e"), ("q0", "z")]

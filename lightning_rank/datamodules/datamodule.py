@@ -267,8 +267,14 @@ def _scoreddocs(dataset: Any, dataset_id: str, run_file: str | None, option: str
 
 def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
     """Top-``depth`` (query, doc) pairs per query by descending score (ties: doc id descending, as
-    trec_eval), queries in first-seen order."""
-    per_query: dict[str, list[tuple[float, str]]] = {}
+    trec_eval), queries in first-seen order. Memory is bounded by queries x depth, not by the run's size
+    (MS MARCO's BM25 train run has ~800M lines)."""
+    heaps: dict[str, list[tuple[float, str]]] = {}
     for sd in scoreddocs:
-        per_query.setdefault(sd.query_id, []).append((sd.score, sd.doc_id))
-    return [(q, d) for q, scored in per_query.items() for _, d in heapq.nlargest(depth, scored)]
+        heap = heaps.setdefault(sd.query_id, [])
+        item = (sd.score, sd.doc_id)
+        if len(heap) < depth:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    return [(q, d) for q, heap in heaps.items() for _, d in sorted(heap, reverse=True)]
