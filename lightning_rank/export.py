@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
+from lightning_rank.lora import merged_copy
+
 if TYPE_CHECKING:
     from lightning_rank.module import RerankerModule
 
@@ -36,7 +38,7 @@ def export_reranker(module: RerankerModule, folder: str | os.PathLike) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        backbone = module.backbone
+        backbone = merged_copy(module.backbone)  # LoRA adapters folded into plain weights
         args = dict(module.hparams.get("backbone_args") or {})
         if hasattr(backbone, "save_pretrained"):
             backbone.save_pretrained(staging / "backbone")

@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.registry import build_backbone
+from lightning_rank.lora import LoraSettings, add_lora
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import RankingMetrics, parse_measures
 
@@ -42,6 +43,7 @@ class RerankerModule(pl.LightningModule):
         lr: float = 2e-5,
         weight_decay: float = 0.01,
         frozen: Sequence[str] = (),
+        lora: LoraSettings | None = None,
     ) -> None:
         """
         Args:
@@ -58,6 +60,8 @@ class RerankerModule(pl.LightningModule):
             weight_decay: weight decay of the default optimizer.
             frozen: glob patterns of parameter names to keep fixed, e.g. ``["*word_embeddings*"]`` (a
                 large share of a small encoder's parameters, and of its optimizer time on a CPU).
+            lora: train LoRA adapters (peft) instead of the backbone's weights, e.g. ``{r: 16}``; target
+                modules default per backbone. Exports merge the adapters into plain weights.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "optimizer"])
@@ -67,6 +71,8 @@ class RerankerModule(pl.LightningModule):
         self.measures = list(measures)
         self.optimizer_factory = optimizer
         self._freeze(frozen)
+        if lora is not None:
+            add_lora(self.backbone, lora)
         # transformers' from_pretrained returns modules in eval mode and Lightning keeps each module's mode:
         # without this, dropout would be silently off while fine-tuning a pretrained backbone.
         self.train()

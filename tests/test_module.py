@@ -65,3 +65,36 @@ def test_pretrained_backbone_trains_with_dropout_on(tmp_path):
     source.backbone.save_pretrained(tmp_path / "bert")
     module = RerankerModule(backbone="bert", backbone_args={"pretrained": str(tmp_path / "bert")})
     assert all(m.training for m in module.modules())
+
+
+def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path):
+    from transformers import AutoModel
+
+    from lightning_rank.lora import LoraSettings
+
+    torch.manual_seed(0)
+    module = RerankerModule(backbone="bert", backbone_args=TINY_BERT, lora=LoraSettings(r=4))
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)
+    for name, param in module.named_parameters():  # as if trained: non-zero adapter updates
+        if "lora_B" in name:
+            param.data.normal_(std=0.5)
+    module.eval()
+    expected = module.score(QUERIES, DOCS)
+    folder = module.save_pretrained(tmp_path / "export")
+    torch.testing.assert_close(
+        RerankerModule.from_pretrained(folder).score(QUERIES, DOCS), expected, atol=1e-5, rtol=0
+    )
+    keys = AutoModel.from_pretrained(folder / "backbone").state_dict().keys()
+    assert not any("lora_" in k or "base_layer" in k for k in keys)
+
+
+def test_lora_refuses_mamba_layers_that_fused_kernels_read_directly():
+    from lightning_rank.lora import LoraSettings
+
+    args = {"tokenizer": "builtin:words", "config": {"d_model": 32, "n_layer": 1}}
+    with pytest.raises(ValueError, match="ignored by the fused Mamba kernels"):
+        RerankerModule(backbone="mamba1", backbone_args=args, lora=LoraSettings(target_modules=["out_proj"]))
+    module = RerankerModule(backbone="mamba1", backbone_args=args, lora=LoraSettings())
+    assert any("in_proj.lora_A" in n for n, _ in module.named_parameters())

@@ -26,6 +26,8 @@ class Backbone(nn.Module):
     pooling: ClassVar[Pooling] = "last"
     default_template: ClassVar[str] = CAUSAL_TEMPLATE
     prepend_bos: ClassVar[bool] = False
+    #: module names LoRA adapts by default (``model.lora``); empty: the user must name them
+    lora_target_modules: ClassVar[tuple[str, ...]] = ()
 
     tokenizer: PreTrainedTokenizerBase
     template: PairTemplate
@@ -53,6 +55,9 @@ class Backbone(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token at ``seq_len`` (2 x parameters by default); training is 3x this."""
         return 2.0 * sum(p.numel() for p in self.parameters())
+
+    def check_lora_targets(self, targets: list[str]) -> None:
+        """Raise if adapting ``targets`` would be silently ignored (e.g. by a fused kernel)."""
 
     def enable_gradient_checkpointing(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")

@@ -261,6 +261,7 @@ class BertBackbone(HFBackbone):
     """BERT-family encoder: ``[CLS] query [SEP] document [SEP]``, pooled at ``[CLS]``."""
 
     model_type: ClassVar[str | None] = "bert"
+    lora_target_modules = ("query", "key", "value", "dense")
     pooling = "first"
     default_template = PAIR
 
@@ -269,6 +270,7 @@ class RobertaBackbone(HFBackbone):
     """RoBERTa-family encoder: ``<s> query </s></s> document </s>``, pooled at ``<s>``."""
 
     model_type: ClassVar[str | None] = "roberta"
+    lora_target_modules = ("query", "key", "value", "dense")
     pooling = "first"
     default_template = PAIR
 
@@ -277,6 +279,7 @@ class PythiaBackbone(HFBackbone):
     """GPT-NeoX / Pythia decoder: ``document: {document}; query: {query}`` + EOS, pooled at the last token."""
 
     model_type: ClassVar[str | None] = "gpt_neox"
+    lora_target_modules = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
     pooling = "last"
     default_template = CAUSAL_TEMPLATE
 
@@ -285,6 +288,7 @@ class LlamaBackbone(HFBackbone):
     """Llama decoder: BOS + ``document: {document}; query: {query}`` + EOS, pooled at the last token."""
 
     model_type: ClassVar[str | None] = "llama"
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     pooling = "last"
     default_template = CAUSAL_TEMPLATE
     prepend_bos = True

@@ -23,6 +23,18 @@ from lightning_rank.backbones.mamba.model import MambaBlock, MambaModel
 class _MambaBackbone(Backbone):
     """Shared body of :class:`Mamba1Backbone` and :class:`Mamba2Backbone`."""
 
+    #: the fused kernels receive x_proj, dt_proj and out_proj weights directly (an adapter there would be
+    #: ignored on GPU); in_proj is called as a module on both paths, so it is the safe default
+    lora_target_modules = ("in_proj",)
+
+    def check_lora_targets(self, targets: list[str]) -> None:
+        kernel_read = sorted({"x_proj", "dt_proj", "out_proj"} & set(targets))
+        if kernel_read and self.backbone.use_kernels != "never":
+            raise ValueError(
+                f"LoRA on {kernel_read} would be ignored by the fused Mamba kernels (they read those weights "
+                "directly): adapt in_proj only, or set backbone_args.use_kernels: never"
+            )
+
     pooling = "last"
     generation: ClassVar[Generation]
     config_class: ClassVar[type[Mamba1Config] | type[Mamba2Config]]
