@@ -13,7 +13,7 @@ from pathlib import Path
 import bm25s
 import Stemmer
 
-from lightning_rank.datamodules.collections import load_dataset, register_beir_folder
+from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local
 from lightning_rank.metrics import evaluate_run, write_trec_run
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def bm25(
     k1: float = 0.9,
     b: float = 0.4,
     stemmer: str | None = "english",
-    local_collections: dict[str, str] | None = None,
+    local_collections: dict[str, str | LocalFiles] | None = None,
     measures: list[str] | None = None,
     tag: str = "bm25",
 ) -> dict[str, float]:
@@ -75,12 +75,12 @@ def bm25(
         k1: BM25 term-frequency saturation (0.9 as Anserini's default).
         b: BM25 length normalisation (0.4 as Anserini's default).
         stemmer: PyStemmer language, or null for none.
-        local_collections: ``{name: folder}`` BEIR-format folders to register first.
+        local_collections: ``{name: folder or files}`` collections to register first (see README).
         measures: ir_measures names to report when the dataset has qrels.
         tag: the run tag (last TREC column).
     """
     for name, folder in (local_collections or {}).items():
-        register_beir_folder(name, folder)
+        register_local(name, folder)
     start = time.perf_counter()
     run = bm25_run(dataset, depth, k1, b, stemmer)
     Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)

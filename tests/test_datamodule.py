@@ -243,3 +243,46 @@ def test_run_top_k_is_bounded_and_breaks_ties_like_trec_eval():
     rows = [SimpleNamespace(query_id="q1", doc_id=d, score=s) for d, s in scored]
     rows.append(SimpleNamespace(query_id="q0", doc_id="z", score=1.0))
     assert _ranked(iter(rows), 3) == [("q1", "c"), ("q1", "b"), ("q1", "e"), ("q0", "z")]
+
+
+def test_tsv_and_trec_files_register_and_train_from_a_read_only_folder(tmp_path):
+    import os
+    import stat
+
+    src = tmp_path / "files"
+    src.mkdir()
+    (src / "docs.tsv").write_text("".join(f"p{d}\tbaba kavo{d % 3} passage {d}\n" for d in range(30)))
+    (src / "queries.tsv").write_text("".join(f"{q}\tkavo question {q}\n" for q in range(10)))
+    (src / "qrels.txt").write_text("".join(f"{q} 0 p{q} 1\n" for q in range(10)))
+    (src / "run.trec").write_text(
+        "".join(f"{q} Q0 p{(q + k) % 30} {k + 1} {9 - k} bm25\n" for q in range(10) for k in range(8))
+    )
+    for f in src.iterdir():
+        f.chmod(stat.S_IREAD)
+    src.chmod(stat.S_IREAD | stat.S_IEXEC)
+    try:
+        files = {
+            "docs": str(src / "docs.tsv"),
+            "queries": str(src / "queries.tsv"),
+            "qrels": {"train": str(src / "qrels.txt")},
+            "runs": {"train": str(src / "run.trec")},
+        }
+        dm = RerankDataModule(
+            train_dataset="tsv-files/train",
+            local_collections={"tsv-files": files},
+            group_size=4,
+            batch_size=2,
+        )
+        dm.use_backbone(stub_backbone())
+        dm.setup("fit")
+        assert len(dm._train.index) == 10
+        batch = next(iter(loader(dm, 0, 1, 0)))
+        assert batch["input_ids"].shape[0] == 8
+        assert sorted(os.listdir(src)) == [
+            "docs.tsv",
+            "qrels.txt",
+            "queries.tsv",
+            "run.trec",
+        ]  # nothing written
+    finally:
+        src.chmod(stat.S_IRWXU)

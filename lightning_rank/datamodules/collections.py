@@ -19,13 +19,23 @@ import json
 import os
 import urllib.error
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ir_datasets
 import requests
 from ir_datasets.datasets.base import Dataset, FilteredQueries
 from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
-from ir_datasets.formats import GenericDoc, GenericQuery, TrecScoredDocs, TsvDocPairs
+from ir_datasets.formats import (
+    GenericDoc,
+    GenericQuery,
+    TrecQrels,
+    TrecScoredDocs,
+    TsvDocPairs,
+    TsvDocs,
+    TsvQueries,
+)
+from ir_datasets.indices import DEFAULT_DOCSTORE_OPTIONS, PickleLz4FullStore
 from ir_datasets.util import LocalDownload
 
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
@@ -78,12 +88,30 @@ def cache_home() -> Path:
     return Path(ir_datasets.util.home_path()) / "lightning-rank"
 
 
-def register_beir_folder(name: str, folder: str | os.PathLike) -> list[str]:
-    """Register a BEIR-format folder under ``name``; returns the dataset ids it added.
+@dataclass
+class LocalFiles:
+    """A collection given as files. Docs and queries: ``.tsv`` (``id<TAB>text``) or ``.jsonl`` (BEIR fields:
+    ``_id``, ``text``, optional ``title``). Qrels per split: TREC (``qid 0 docid rel``), 3-column TSV, or BEIR
+    TSV with its header. Runs per split: TREC run files. Docpairs per split: ``qid<TAB>pos<TAB>neg`` TSV."""
 
-    Re-registering the same folder under the same name is a no-op; another folder under a taken name is an
-    error (ids must mean one thing within a process).
-    """
+    docs: str
+    queries: str
+    qrels: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)
+    docpairs: dict[str, str] = field(default_factory=dict)
+
+
+def register_local(name: str, source: str | os.PathLike | LocalFiles | dict) -> list[str]:
+    """Register a BEIR folder (a path) or :class:`LocalFiles` (or its dict) under ``name``."""
+    if isinstance(source, dict):
+        source = LocalFiles(**source)
+    if isinstance(source, LocalFiles):
+        return register_files(name, source)
+    return register_beir_folder(name, source)
+
+
+def register_beir_folder(name: str, folder: str | os.PathLike) -> list[str]:
+    """Register a BEIR-format folder under ``name``; returns the dataset ids it added."""
     folder = Path(folder).expanduser().resolve()
     missing = [f for f in _REQUIRED if not (folder / f).is_file()]
     if missing:
@@ -91,30 +119,100 @@ def register_beir_folder(name: str, folder: str | os.PathLike) -> list[str]:
             f"{folder} is not a BEIR-format folder: missing {', '.join(missing)}. Expected corpus.jsonl, "
             "queries.jsonl and qrels/<split>.tsv (as BEIR ships them)."
         )
-    marker = f"lightning-rank:{folder}"
+    splits = sorted(f.stem for f in (folder / "qrels").glob("*.tsv"))
+    optional = {kind: {s: folder / kind / f"{s}.{ext}" for s in splits} for kind, ext in _EXTRAS.items()}
+    files = LocalFiles(
+        docs=str(folder / "corpus.jsonl"),
+        queries=str(folder / "queries.jsonl"),
+        qrels={s: str(folder / "qrels" / f"{s}.tsv") for s in splits},
+        **{kind: {s: str(f) for s, f in found.items() if f.is_file()} for kind, found in optional.items()},
+    )
+    return register_files(name, files)
+
+
+def register_files(name: str, files: LocalFiles) -> list[str]:
+    """Register ``files`` as ``name`` (docs + queries) and ``name/<split>`` for each qrels split.
+
+    Re-registering the same files under the same name is a no-op; other files under a taken name are an
+    error (ids must mean one thing within a process). Docstores are built in ir_datasets' home, never
+    beside the user's files (which may be read-only).
+    """
+    docs_path, queries_path = _existing(files.docs, "docs"), _existing(files.queries, "queries")
+    marker = f"lightning-rank:{files!r}"
     existing = _registered().get(name)
     if existing is not None:
         if getattr(existing, "_lightning_rank_source", None) == marker:
             return _ids_of(name)
-        raise ValueError(f"dataset id {name!r} is already registered (by ir_datasets or another folder)")
-
-    namespace = f"lightning-rank-local/{name}-{_fingerprint(folder / 'corpus.jsonl')}"
-    doc_type = BeirTitleDoc if _has_title(folder / "corpus.jsonl") else GenericDoc
-    docs = BeirDocs(namespace, LocalDownload(folder / "corpus.jsonl"), doc_type)
-    queries = BeirQueries(namespace, LocalDownload(folder / "queries.jsonl"), GenericQuery)
+        raise ValueError(f"dataset id {name!r} is already registered (by ir_datasets or other files)")
+    namespace = f"lightning-rank-local/{name}-{_fingerprint(docs_path)}"
+    docs = _docs_handler(docs_path, namespace)
+    queries = _queries_handler(queries_path, namespace)
     _register(name, Dataset(docs, queries), marker)
-    for qrels_file in sorted((folder / "qrels").glob("*.tsv")):
-        split = qrels_file.stem
-        qrels = BeirQrels(LocalDownload(qrels_file), qrels_defs={})
+    for split, qrels_file in sorted(files.qrels.items()):
+        qrels = _qrels_handler(_existing(qrels_file, f"qrels[{split}]"))
         parts = [docs, FilteredQueries(queries, functools.partial(_qids_of, qrels), mode="include"), qrels]
-        run_file = folder / "runs" / f"{split}.trec"
-        if run_file.is_file():
-            parts.append(TrecScoredDocs(LocalDownload(run_file)))
-        pairs_file = folder / "docpairs" / f"{split}.tsv"
-        if pairs_file.is_file():
-            parts.append(TsvDocPairs(LocalDownload(pairs_file)))
+        if split in files.runs:
+            parts.append(TrecScoredDocs(LocalDownload(_existing(files.runs[split], f"runs[{split}]"))))
+        if split in files.docpairs:
+            parts.append(TsvDocPairs(LocalDownload(_existing(files.docpairs[split], f"docpairs[{split}]"))))
         _register(f"{name}/{split}", Dataset(*parts), marker)
     return _ids_of(name)
+
+
+_EXTRAS = {"runs": "trec", "docpairs": "tsv"}
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"local collection {what}: {resolved} does not exist")
+    return resolved
+
+
+class _CachedTsvDocs(TsvDocs):
+    """TsvDocs whose docstore lives in ir_datasets' home rather than beside the (maybe read-only) file."""
+
+    def __init__(self, path: Path, namespace: str) -> None:
+        super().__init__(LocalDownload(path), namespace=namespace)
+        self._store_path = Path(ir_datasets.util.home_path()) / namespace / "docs.pklz4"
+
+    def docs_store(self, field: str = "doc_id", options=DEFAULT_DOCSTORE_OPTIONS) -> PickleLz4FullStore:
+        return PickleLz4FullStore(
+            path=str(self._store_path),
+            init_iter_fn=self.docs_iter,
+            data_cls=self.docs_cls(),
+            lookup_field=field,
+            index_fields=["doc_id"],
+            options=options,
+        )
+
+
+def _docs_handler(path: Path, namespace: str):
+    if path.suffix == ".jsonl":
+        return BeirDocs(namespace, LocalDownload(path), BeirTitleDoc if _has_title(path) else GenericDoc)
+    if path.suffix == ".tsv":
+        return _CachedTsvDocs(path, namespace)
+    raise ValueError(f"{path}: documents must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
+
+
+def _queries_handler(path: Path, namespace: str):
+    if path.suffix == ".jsonl":
+        return BeirQueries(namespace, LocalDownload(path), GenericQuery)
+    if path.suffix == ".tsv":
+        return TsvQueries(LocalDownload(path), namespace=namespace)
+    raise ValueError(f"{path}: queries must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
+
+
+def _qrels_handler(path: Path):
+    with path.open(encoding="utf-8") as f:
+        first = f.readline().split()
+    if first[:1] == ["query-id"]:
+        return BeirQrels(LocalDownload(path), qrels_defs={})
+    if len(first) == 3:
+        return TrecQrels(LocalDownload(path), qrels_defs={}, format_3col=True)
+    if len(first) == 4:
+        return TrecQrels(LocalDownload(path), qrels_defs={})
+    raise ValueError(f"{path}:1: qrels lines need 3 (qid docid rel) or 4 (qid 0 docid rel) columns")
 
 
 def register_demo(spec: DemoSpec | None = None) -> list[str]:

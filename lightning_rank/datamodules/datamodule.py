@@ -14,7 +14,12 @@ from ir_datasets.util import LocalDownload
 from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.datamodules.collections import downloads_fail_fast, load_dataset, register_beir_folder
+from lightning_rank.datamodules.collections import (
+    LocalFiles,
+    downloads_fail_fast,
+    load_dataset,
+    register_local,
+)
 from lightning_rank.datamodules.documents import DocumentLookup
 from lightning_rank.datamodules.groups import (
     NegativeSampling,
@@ -47,7 +52,7 @@ class RerankDataModule(pl.LightningDataModule):
         val_run: str | None = None,
         test_run: str | None = None,
         predict_run: str | None = None,
-        local_collections: dict[str, str] | None = None,
+        local_collections: dict[str, str | LocalFiles] | None = None,
         train_source: Literal["run", "docpairs"] = "run",
         teacher_run: str | None = None,
         group_size: int = 8,
@@ -75,8 +80,9 @@ class RerankDataModule(pl.LightningDataModule):
             val_run: TREC run file to rerank for validation (default: the dataset's scoreddocs).
             test_run: TREC run file to rerank for test.
             predict_run: TREC run file to rerank for predict.
-            local_collections: ``{name: folder}`` of BEIR-format folders to register as ir_datasets ids
-                ``name`` and ``name/<split>`` before anything is loaded.
+            local_collections: ``{name: source}`` to register as ir_datasets ids ``name`` and
+                ``name/<split>`` before anything is loaded; a source is a BEIR-format folder or files
+                (``{docs: .tsv|.jsonl, queries: .tsv|.jsonl, qrels: {split: file}, runs: {split: file}}``).
             train_source: where training groups come from: ``run`` (qrels positives + negatives from the
                 run's top ``negatives_depth``) or ``docpairs`` (the dataset's docpairs, e.g.
                 ``msmarco-passage/train/triples-small``: doc_a positive, doc_b's the negatives).
@@ -101,8 +107,8 @@ class RerankDataModule(pl.LightningDataModule):
         if group_size < 2:
             raise ValueError(f"data.group_size must be >= 2 (1 positive + negatives), got {group_size}")
         self.save_hyperparameters()
-        for name, folder in (local_collections or {}).items():
-            register_beir_folder(name, folder)
+        for name, source in (local_collections or {}).items():
+            register_local(name, source)
         self._backbone = None
         self._train: TrainingGroupStream | None = None
         self._eval: dict[str, EvalSplit] = {}
