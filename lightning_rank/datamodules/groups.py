@@ -43,6 +43,16 @@ class SkipReport:
         return ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items())) or "nothing"
 
 
+def group_by_query(run: Iterable[tuple[str, str]], depth: int) -> dict[str, list[str]]:
+    """The first ``depth`` documents of each query of a run (``(query_id, doc_id)`` pairs, best first)."""
+    grouped: dict[str, list[str]] = {}
+    for qid, did in run:
+        ranked = grouped.setdefault(qid, [])
+        if len(ranked) < depth:
+            ranked.append(did)
+    return grouped
+
+
 def build_training_index(
     qrels: Mapping[str, Mapping[str, int]],
     run: Iterable[tuple[str, str]],
@@ -58,11 +68,7 @@ def build_training_index(
     ``teacher`` scores (for distillation), documents the teacher did not score are left out and counted.
     """
     report = SkipReport()
-    candidates: dict[str, list[str]] = {}
-    for qid, did in run:
-        ranked = candidates.setdefault(qid, [])
-        if len(ranked) < depth:
-            ranked.append(did)
+    candidates = group_by_query(run, depth)
     wanted = {d for ranked in candidates.values() for d in ranked}
     wanted |= {d for rels in qrels.values() for d, r in rels.items() if r >= min_relevance}
     present = document_exists(wanted)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.datamodules.groups import SkipReport
+from lightning_rank.datamodules.groups import SkipReport, group_by_query
 
 
 @dataclass
@@ -40,11 +40,7 @@ def build_eval_split(
 ) -> EvalSplit:
     """Top-``depth`` candidates per query of ``run``; unknown queries and missing documents are counted."""
     report = SkipReport()
-    per_query: dict[str, list[str]] = {}
-    for qid, did in run:
-        ranked = per_query.setdefault(qid, [])
-        if len(ranked) < depth:
-            ranked.append(did)
+    per_query = group_by_query(run, depth)
     query_index: dict[str, int] = {}
     doc_index: dict[str, int] = {}
     pairs: list[tuple[int, int]] = []
