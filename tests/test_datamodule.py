@@ -286,3 +286,12 @@ def test_tsv_and_trec_files_register_and_train_from_a_read_only_folder(tmp_path)
         ]  # nothing written
     finally:
         src.chmod(stat.S_IRWXU)
+
+
+def test_skip_counts_are_reported_once_where_users_see_them(collection, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        make_dm(collection)
+    reports = [r.getMessage() for r in caplog.records if "training queries; skipped" in r.getMessage()]
+    assert reports == ["fixture-collection/train: 24 training queries; skipped nothing"]

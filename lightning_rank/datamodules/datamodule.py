@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +10,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from ir_datasets.formats import TrecScoredDocs
 from ir_datasets.util import LocalDownload
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
@@ -29,8 +29,6 @@ from lightning_rank.datamodules.groups import (
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
 from lightning_rank.metrics import read_trec_run
-
-log = logging.getLogger(__name__)
 
 EVAL_STAGES = ("val", "test", "predict")
 
@@ -169,7 +167,7 @@ class RerankDataModule(pl.LightningDataModule):
             )
         if not index:
             raise ValueError(f"{hp.train_dataset}: no trainable query ({report.summary()} skipped)")
-        log.info("%s: %d training queries; skipped %s", hp.train_dataset, len(index), report.summary())
+        rank_zero_info(f"{hp.train_dataset}: {len(index)} training queries; skipped {report.summary()}")
         self.train_report = report
         self._train = TrainingGroupStream(
             index,
@@ -203,12 +201,9 @@ class RerankDataModule(pl.LightningDataModule):
         split = build_eval_split(run, queries, qrels, doc_texts, hp.rerank_depth)
         if not split.pairs:
             raise ValueError(f"{dataset_id}: nothing to rerank ({split.report.summary()} skipped)")
-        log.info(
-            "%s: reranking %d pairs of %d queries; skipped %s",
-            dataset_id,
-            len(split.pairs),
-            len(split.query_ids),
-            split.report.summary(),
+        rank_zero_info(
+            f"{dataset_id}: reranking {len(split.pairs)} pairs of {len(split.query_ids)} queries; "
+            f"skipped {split.report.summary()}"
         )
         self._eval[stage] = split
 
