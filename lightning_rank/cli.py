@@ -10,8 +10,6 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-OWN_SUBCOMMANDS = ("backbones", "bm25", "export")
-
 
 def list_backbones() -> int:
     """Print one line per discovered backbone: name, distribution and version, object, load status."""

@@ -72,33 +72,27 @@ class PairTemplate:
         query_encodings = dict(
             zip(unique_queries, backend.encode_batch(unique_queries, add_special_tokens=False), strict=True)
         )
-        doc_encodings = backend.encode_batch(documents, add_special_tokens=False)
+        for encoding in query_encodings.values():  # once per unique query, not once per pair
+            encoding.truncate(max_query_length)
+        doc_encodings = backend.encode_batch(documents, add_special_tokens=False)  # one per pair
         if self.is_pair:
             return [
-                self._encode_pair(backend, query_encodings[q], d, max_length, max_query_length)
+                self._encode_pair(backend, query_encodings[q], d, max_length)
                 for q, d in zip(queries, doc_encodings, strict=True)
             ]
         literals = self._literal_ids(tokenizer)
+        query_ids = {q: e.ids for q, e in query_encodings.items()}
         return [
-            self._encode_text(
-                tokenizer, literals, query_encodings[q].ids, d.ids, max_length, max_query_length
-            )
+            self._encode_text(tokenizer, literals, query_ids[q], d.ids, max_length)
             for q, d in zip(queries, doc_encodings, strict=True)
         ]
 
-    def _encode_pair(
-        self, backend: Any, query: Encoding, document: Encoding, max_length: int, max_query_length: int
-    ) -> EncodedPair:
+    def _encode_pair(self, backend: Any, query: Encoding, document: Encoding, max_length: int) -> EncodedPair:
         if backend.post_processor is None:
             raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
-        query_ids = query.ids[:max_query_length]
-        budget = max_length - len(query_ids) - backend.num_special_tokens_to_add(True)
-        # Encodings are shared between pairs of one query: truncate copies, not the originals.
-        q = Encoding.merge([query], growing_offsets=False)
-        q.truncate(max_query_length)
-        d = Encoding.merge([document], growing_offsets=False)
-        d.truncate(max(budget, 0))
-        merged = backend.post_processor.process(q, d, True)
+        budget = max_length - len(query.ids) - backend.num_special_tokens_to_add(True)
+        document.truncate(max(budget, 0))  # this pair's own encoding; the query's is shared and left as is
+        merged = backend.post_processor.process(query, document, True)
         return EncodedPair(list(merged.ids), list(merged.type_ids))
 
     def _literal_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int] | str]:
@@ -114,9 +108,7 @@ class PairTemplate:
         query_ids: list[int],
         doc_ids: list[int],
         max_length: int,
-        max_query_length: int,
     ) -> EncodedPair:
-        query_ids = query_ids[:max_query_length]
         prefix = [tokenizer.bos_token_id] if self.prepend_bos and tokenizer.bos_token_id is not None else []
         suffix = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
         fixed = len(prefix) + len(suffix) + len(query_ids)
