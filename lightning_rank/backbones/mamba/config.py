@@ -133,6 +133,25 @@ class _BaseConfig:
         top = {k: values[k] for k in _TOP_LEVEL if k != "tie_embeddings"}
         return {**top, "ssm_cfg": ssm_cfg}
 
+    def _transformers_common(self) -> dict[str, Any]:
+        """The keys transformers' MambaConfig and Mamba2Config share, mapped from mamba_ssm's names."""
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.d_model,
+            "state_size": self.d_state,
+            "num_hidden_layers": self.n_layer,
+            "layer_norm_epsilon": self.norm_epsilon,
+            "expand": self.expand,
+            "conv_kernel": self.d_conv,
+            "use_bias": self.bias,
+            "use_conv_bias": self.conv_bias,
+            "residual_in_fp32": self.residual_in_fp32,
+            "time_step_min": self.dt_min,
+            "time_step_max": self.dt_max,
+            "time_step_floor": self.dt_init_floor,
+            "tie_word_embeddings": self.tie_embeddings,
+        }
+
 
 @dataclass
 class Mamba1Config(_BaseConfig):
@@ -180,23 +199,10 @@ class Mamba1Config(_BaseConfig):
     def to_transformers(self) -> dict[str, Any]:
         """Keyword arguments of transformers' ``MambaConfig``."""
         return {
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.d_model,
-            "state_size": self.d_state,
-            "num_hidden_layers": self.n_layer,
-            "layer_norm_epsilon": self.norm_epsilon,
-            "expand": self.expand,
-            "conv_kernel": self.d_conv,
-            "use_bias": self.bias,
-            "use_conv_bias": self.conv_bias,
-            "residual_in_fp32": self.residual_in_fp32,
+            **self._transformers_common(),
             "time_step_rank": self.dt_rank,
             "time_step_scale": self.dt_scale,
-            "time_step_min": self.dt_min,
-            "time_step_max": self.dt_max,
             "time_step_init_scheme": self.dt_init,
-            "time_step_floor": self.dt_init_floor,
-            "tie_word_embeddings": self.tie_embeddings,
         }
 
 
@@ -295,25 +301,12 @@ class Mamba2Config(_BaseConfig):
                 f"transformers' Mamba2 has no equivalent of {names}; save with layout='mamba_ssm'"
             )
         return {
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.d_model,
-            "state_size": self.d_state,
-            "num_hidden_layers": self.n_layer,
-            "layer_norm_epsilon": self.norm_epsilon,
-            "expand": self.expand,
-            "conv_kernel": self.d_conv,
+            **self._transformers_common(),
             "n_groups": self.ngroups,
             "num_heads": self.nheads,
             "head_dim": self.headdim,
-            "use_bias": self.bias,
-            "use_conv_bias": self.conv_bias,
-            "residual_in_fp32": self.residual_in_fp32,
-            "time_step_min": self.dt_min,
-            "time_step_max": self.dt_max,
-            "time_step_floor": self.dt_init_floor,
             "time_step_limit": list(self.dt_limit),
             "chunk_size": self.chunk_size,
-            "tie_word_embeddings": self.tie_embeddings,
         }
 
 
