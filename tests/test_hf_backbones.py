@@ -110,10 +110,11 @@ def test_forward_shapes_and_text_setup(name: str) -> None:
     assert LlamaBackbone.prepend_bos and not PythiaBackbone.prepend_bos
 
 
+@pytest.mark.parametrize("pooling", [None, "mean"])
 @pytest.mark.parametrize("name", NAMES)
-def test_padding_invariance(name: str) -> None:
+def test_padding_invariance(name: str, pooling: str | None) -> None:
     """A pair's pooled vector alone equals its vector inside a right-padded batch of longer pairs."""
-    backbone = make(name).eval()
+    backbone = make(name, pooling=pooling).eval()
     with torch.no_grad():
         batch = collate(backbone, QUERIES, DOCUMENTS)
         assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # the first one is padded
@@ -197,6 +198,28 @@ def test_save_pretrained_round_trip(name: str, tmp_path: Path) -> None:
         torch.testing.assert_close(again(**batch), expected, atol=1e-6, rtol=0)
         # Only the encoders' batches carry token_type_ids, and both take them.
         torch.testing.assert_close(reference(**batch).last_hidden_state, expected, atol=1e-6, rtol=0)
+
+
+def test_mean_pooling_averages_real_tokens_and_travels_with_an_export(tmp_path: Path) -> None:
+    from lightning_rank.module import RerankerModule
+
+    module = RerankerModule(
+        backbone="bert",
+        backbone_args={
+            "config": {**TINY, **NO_DROPOUT["bert"]},
+            "tokenizer": "builtin:words",
+            "pooling": "mean",
+        },
+    ).eval()
+    hidden = torch.arange(12.0).view(1, 3, 4).repeat(2, 1, 1)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pooled = module.backbone.pool(hidden, mask)
+    torch.testing.assert_close(pooled, torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)]))
+    module.save_pretrained(tmp_path)
+    again = RerankerModule.from_pretrained(tmp_path).eval()
+    assert again.backbone.pooling == "mean" and BertBackbone.pooling == "first"
+    pairs = (["cell biology"], ["the cell divides"])
+    torch.testing.assert_close(again.score(*pairs), module.score(*pairs), atol=1e-6, rtol=0)
 
 
 def test_config_overrides_a_pretrained_config(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
 from lightning_rank.tokenizers import BUILTIN_PREFIX, build_builtin_tokenizer
 
-Pooling = Literal["first", "last"]
+Pooling = Literal["first", "last", "mean"]
 
 
 class Backbone(nn.Module):
@@ -68,9 +68,13 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        """One vector per sequence: the first token, or the last real (non-pad) token with right padding."""
+        """One vector per sequence: the first token, the mean over real (non-pad) tokens, or the last real
+        token with right padding."""
         if self.pooling == "first":
             return hidden[:, 0]
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 

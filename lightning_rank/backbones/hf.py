@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from lightning_rank.backbones.base import Backbone
+from lightning_rank.backbones.base import Backbone, Pooling
 from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR
 from lightning_rank.tokenizers import BUILTIN_PREFIX
 
@@ -58,6 +58,7 @@ class HFBackbone(Backbone):
         gradient_checkpointing: bool = False,
         dtype: DType | None = None,
         trust_remote_code: bool = False,
+        pooling: Pooling | None = None,
     ) -> None:
         """Build the model and its tokenizer.
 
@@ -76,6 +77,9 @@ class HFBackbone(Backbone):
             gradient_checkpointing: Recompute each layer's activations in the backward pass (less memory).
             dtype: Parameter dtype; None keeps float32 weights (mixed precision is the trainer's job).
             trust_remote_code: Allow model code from the hub (off unless asked).
+            pooling: The state the head scores: ``"first"`` token, ``"last"`` real token or ``"mean"`` over
+                real tokens; defaults to the backbone's own (first for encoders, last for decoders).
+                ``"mean"`` suits checkpoints trained with mean pooling, such as sentence-transformers models.
         """
         super().__init__()
         if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
@@ -84,6 +88,8 @@ class HFBackbone(Backbone):
                 "pip install lightning-rank[flash] (or use attn_implementation='sdpa')"
             )
         self.pretrained = pretrained
+        if pooling is not None:
+            self.pooling = pooling
         pretrained_source = _resolve_source(pretrained, "pretrained") if pretrained else None
         tokenizer_source = _resolve_source(tokenizer, "tokenizer") if tokenizer else None
         self._init_text(tokenizer_source, pretrained_source, template)
