@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -97,10 +98,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     overrides = [o for o in args.overrides if o != "--"]
     collections = json.dumps({name: str(folder)})
+    # A dict option given on the command line replaces the config's dict: keep the config's other keys.
+    config_backbone_args = (yaml.safe_load(Path(args.config).read_text()).get("model") or {}).get(
+        "backbone_args"
+    ) or {}
     model_args = (
         []
         if any(o.startswith("--model.backbone_args") for o in overrides)
-        else ["--model.backbone_args", json.dumps({"pretrained": args.model or minilm_folder()})]
+        else [
+            "--model.backbone_args",
+            json.dumps({**config_backbone_args, "pretrained": args.model or minilm_folder()}),
+        ]
     )
     runs = {split: out / f"bm25-{split}.trec" for split in (args.train_split, args.test_split)}
     common = ["--data.local_collections", collections, "--trainer.enable_progress_bar", "false"]
