@@ -104,7 +104,8 @@ class RerankerModule(pl.LightningModule):
         hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         pooled = self.backbone.pool(hidden, batch["attention_mask"])
         with torch.autocast(device_type=pooled.device.type, enabled=False):
-            return self.head(pooled.float()).squeeze(-1)
+            # fp32 unless a strategy casts the parameters themselves (FSDP mixed precision: bf16 head)
+            return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()
 
     # -- training ----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -181,19 +182,31 @@ class RerankerModule(pl.LightningModule):
         return torch.cat(out) if out else torch.empty(0)
 
     # -- optimization ------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters in two groups: weight decay on matrices; none on biases, norms and the
+        parameters a backbone marks ``_no_weight_decay`` (Mamba's ``A_log``, ``D``, ``dt_bias``, as in
+        mamba_ssm)."""
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [
+                exempt = param.ndim < 2 or "norm" in name.lower() or getattr(param, "_no_weight_decay", False)
+                (no_decay if exempt else decay).append(param)
+        return [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+    def default_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with ``lr``; the fused CUDA implementation (one kernel a step) when weights are on a GPU."""
+        groups = self.optimizer_param_groups()
+        on_cuda = all(p.is_cuda for group in groups for p in group["params"])
+        return torch.optim.AdamW(groups, lr=self.hparams.lr, fused=on_cuda or None)
+
+    def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is not None:
-            optimizer = self.optimizer_factory(groups)
+            optimizer = self.optimizer_factory(self.optimizer_param_groups())
         else:
-            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+            optimizer = self.default_optimizer()
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = self.hparams.warmup
         warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)

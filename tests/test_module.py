@@ -98,3 +98,24 @@ def test_lora_refuses_mamba_layers_that_fused_kernels_read_directly():
         RerankerModule(backbone="mamba1", backbone_args=args, lora=LoraSettings(target_modules=["out_proj"]))
     module = RerankerModule(backbone="mamba1", backbone_args=args, lora=LoraSettings())
     assert any("in_proj.lora_A" in n for n, _ in module.named_parameters())
+
+
+def test_weight_decay_spares_biases_norms_and_mamba_ssm_parameters():
+    """As mamba_ssm marks them: A_log, D and dt_bias are not decayed (A_log is a matrix in Mamba-1)."""
+    module = RerankerModule(
+        backbone="mamba1",
+        backbone_args={"tokenizer": "builtin:words", "config": {"d_model": 32, "n_layer": 1}},
+        weight_decay=0.1,
+    )
+    decay, no_decay = module.optimizer_param_groups()
+    names = {id(p): n for n, p in module.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    layer = "backbone.backbone.layers.0"
+    assert {f"{layer}.mixer.A_log", f"{layer}.mixer.D", f"{layer}.mixer.dt_proj.bias", "head.bias"} <= spared
+    assert {f"{layer}.norm.weight", "backbone.backbone.norm_f.weight"} <= spared
+    assert {f"{layer}.mixer.in_proj.weight", f"{layer}.mixer.out_proj.weight", "head.weight"} <= decayed
+    assert decayed | spared == set(names.values())
+    optimizer = module.default_optimizer()
+    assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults["fused"]  # fused on CUDA only
