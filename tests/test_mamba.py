@@ -51,12 +51,24 @@ KERNEL_SIZES = {
 }
 
 
+# Execution variants that must compute the same function: (backbone class, config overrides).
+CASES = [
+    pytest.param(Mamba1Backbone, {}, id="mamba1"),
+    pytest.param(Mamba2Backbone, {}, id="mamba2"),
+    pytest.param(Mamba2Backbone, {"norm_impl": "torch"}, id="mamba2-torchnorm"),
+]
+
+
 def tiny(
-    cls: type[_MambaBackbone], seed: int = 0, sizes: dict[type, dict] | None = None, **kwargs: object
+    cls: type[_MambaBackbone],
+    seed: int = 0,
+    sizes: dict[type, dict] | None = None,
+    overrides: dict | None = None,
+    **kwargs: object,
 ) -> _MambaBackbone:
     """A random tiny backbone whose SSM parameters are perturbed away from their (symmetric) init."""
     torch.manual_seed(seed)
-    config = dict((sizes or TINY)[cls])
+    config = {**(sizes or TINY)[cls], **(overrides or {})}
     model = cls(config=config, tokenizer="builtin:words", **kwargs)  # type: ignore[arg-type]
     with torch.no_grad():
         for layer in model.backbone.layers:
@@ -511,9 +523,12 @@ def _fake_mamba_split_conv1d_scan_combined(
     ngroups: int = 1,
     norm_before_gate: bool = True,
 ) -> Tensor:
-    """mamba_ssm's ``mamba_split_conv1d_scan_ref`` semantics (conv weight ``[d, w]``, grouped RMSNorm)."""
+    """mamba_ssm's ``mamba_split_conv1d_scan_ref`` semantics (conv weight ``[d, w]``, grouped RMSNorm).
+
+    Without ``rmsnorm_weight`` the gate is applied by the scan and there is no norm, as in mamba_ssm.
+    """
     functional = torch.nn.functional
-    assert activation == "silu" and conv1d_weight.dim() == 2 and rmsnorm_weight is not None
+    assert activation == "silu" and conv1d_weight.dim() == 2
     nheads, headdim = (D.shape[0], headdim) if D.dim() == 1 else D.shape
     dim, length, width = nheads * headdim, zxbcdt.shape[1], conv1d_weight.shape[-1]
     n = (zxbcdt.shape[-1] - 2 * dim - nheads) // ngroups // 2
@@ -527,6 +542,9 @@ def _fake_mamba_split_conv1d_scan_combined(
     dt = functional.softplus(dt + dt_bias)
     y = ssd_reference(x, dt, A, B.unflatten(-1, (ngroups, n)), C.unflatten(-1, (ngroups, n)))
     y = (y + x * (D[:, None] if D.dim() == 1 else D)).flatten(-2)
+    if rmsnorm_weight is None:
+        y = y * functional.silu(z)
+        return y if outproj_weight is None else functional.linear(y, outproj_weight, outproj_bias)
     if not norm_before_gate:
         y = y * functional.silu(z)
     groups = y.unflatten(-1, (ngroups, -1))
@@ -537,9 +555,9 @@ def _fake_mamba_split_conv1d_scan_combined(
     return functional.linear(y, outproj_weight, outproj_bias)
 
 
-@pytest.mark.parametrize("cls", BACKBONES)
+@pytest.mark.parametrize(("cls", "overrides"), CASES)
 def test_kernel_path_plumbing_with_reference_kernels_on_cpu(
-    cls: type[_MambaBackbone], monkeypatch: pytest.MonkeyPatch
+    cls: type[_MambaBackbone], overrides: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fused path's calls, run against mamba_ssm's reference semantics, equal the PyTorch path.
 
@@ -550,7 +568,7 @@ def test_kernel_path_plumbing_with_reference_kernels_on_cpu(
     fakes = {"mamba1": _fake_mamba_inner_fn, "mamba2": _fake_mamba_split_conv1d_scan_combined}
     monkeypatch.setattr(kernels_mod, "_load", lambda: (fakes, None))
     monkeypatch.setattr(model_mod, "should_use_kernels", lambda mode, tensor: mode == "always")
-    model = tiny(cls).train()
+    model = tiny(cls, overrides=overrides).train()
     ids, mask = batch(model, PAIRS)
     results = []
     for mode in ("always", "never"):
@@ -565,10 +583,10 @@ def test_kernel_path_plumbing_with_reference_kernels_on_cpu(
 
 
 @pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA and mamba_ssm + causal_conv1d")
-@pytest.mark.parametrize("cls", BACKBONES)
-def test_kernel_path_matches_torch_path_bf16(cls: type[_MambaBackbone]) -> None:
+@pytest.mark.parametrize(("cls", "overrides"), CASES)
+def test_kernel_path_matches_torch_path_bf16(cls: type[_MambaBackbone], overrides: dict) -> None:
     """Fused kernels vs the PyTorch path, same weights: scores and gradients in bf16 autocast."""
-    model = tiny(cls, sizes=KERNEL_SIZES).cuda().train()
+    model = tiny(cls, sizes=KERNEL_SIZES, overrides=overrides).cuda().train()
     ids, mask = (t.cuda() for t in batch(model, PAIRS))
     results = {}
     for mode in ("always", "never"):
@@ -598,3 +616,20 @@ def test_kernel_path_is_padding_invariant() -> None:
             together = scores(model, *(t.cuda() for t in batch(model, PAIRS)))
             alone = scores(model, *(t.cuda() for t in batch(model, PAIRS[:1])))
         assert math.isclose(alone[0].item(), together[0].item(), abs_tol=1e-4)
+
+
+def test_execution_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="norm_impl must be 'fused' or 'torch'"):
+        tiny(Mamba2Backbone, overrides={"norm_impl": "triton"})
+    with pytest.raises(ValueError, match="block_norm must be 'eager' or 'compiled'"):
+        tiny(Mamba1Backbone, overrides={"block_norm": "fast"})
+
+
+def test_compiled_block_norm_computes_the_same_scores() -> None:
+    """``block_norm='compiled'`` (torch.compile of the pre-norm + mask) is only a faster way to the same."""
+    eager = tiny(Mamba1Backbone)
+    compiled = tiny(Mamba1Backbone, overrides={"block_norm": "compiled"})
+    ids, mask = batch(eager, PAIRS)
+    with torch.no_grad():
+        expected = scores(eager, ids, mask)
+        torch.testing.assert_close(scores(compiled, ids, mask), expected, rtol=1e-5, atol=1e-5)

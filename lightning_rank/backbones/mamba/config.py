@@ -61,12 +61,17 @@ class _BaseConfig:
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
     initializer_range: float = 0.02
+    #: Execution only (never saved): ``compiled`` runs each block's pre-norm and padding mask as one
+    #: torch.compile'd function instead of eager element-wise kernels.
+    block_norm: str = "eager"
 
     def __post_init__(self) -> None:
         if not self.rms_norm:
             raise ValueError(
                 "only RMSNorm Mamba models are supported (rms_norm=True), as in the released ones"
             )
+        if self.block_norm not in ("eager", "compiled"):
+            raise ValueError(f"block_norm must be 'eager' or 'compiled', not {self.block_norm!r}")
 
     @property
     def d_inner(self) -> int:
@@ -228,9 +233,15 @@ class Mamba2Config(_BaseConfig):
     norm_before_gate: bool = False
     dt_limit: tuple[float, float] = field(default=(0.0, math.inf))
     chunk_size: int = 256
+    #: Execution only (never saved), fused-kernel path: ``fused`` normalises inside mamba_ssm's combined
+    #: kernel (its Triton gated RMSNorm, then the out-projection); ``torch`` gates inside the SSD scan and
+    #: runs the RMSNorm and out-projection in PyTorch. Same function either way.
+    norm_impl: str = "fused"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.norm_impl not in ("fused", "torch"):
+            raise ValueError(f"norm_impl must be 'fused' or 'torch', not {self.norm_impl!r}")
         self.A_init_range = tuple(self.A_init_range)  # type: ignore[assignment]
         self.dt_limit = tuple(self.dt_limit)  # type: ignore[assignment]
         if self.ssm_dim % self.headdim:

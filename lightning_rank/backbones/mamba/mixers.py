@@ -119,9 +119,12 @@ class GatedRMSNorm(nn.Module):
         x = x.float()
         if z is not None and not self.norm_before_gate:
             x = x * F.silu(z.float())
-        grouped = x.unflatten(-1, (-1, self.group_size))
-        x = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        x = x * self.weight.float()
+        if self.group_size == x.shape[-1]:
+            x = F.rms_norm(x, (self.group_size,), self.weight.float(), self.eps)
+        else:
+            grouped = x.unflatten(-1, (-1, self.group_size))
+            x = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+            x = x * self.weight.float()
         if z is not None and self.norm_before_gate:
             x = x * F.silu(z.float())
         return x.to(dtype)
@@ -178,6 +181,8 @@ class Mamba2Mixer(nn.Module):
     def _forward_kernels(self, hidden: Tensor) -> Tensor:
         # As mamba2.Mamba2.forward's use_mem_eff_path branch (no sequence index, no inference cache).
         cfg = self.config
+        if cfg.norm_impl == "torch" and cfg.rmsnorm and not cfg.norm_before_gate:
+            return self._forward_kernel_scan_torch_norm(hidden)
         rmsnorm = cfg.rmsnorm
         return kernel("mamba2")(
             self.in_proj(hidden),
@@ -197,6 +202,25 @@ class Mamba2Mixer(nn.Module):
             norm_before_gate=cfg.norm_before_gate,
             **self._dt_limit_kwargs(),
         )
+
+    def _forward_kernel_scan_torch_norm(self, hidden: Tensor) -> Tensor:
+        """Fused conv + SSD scan with the gate ``y * silu(z)`` applied inside the scan, then the RMSNorm and
+        the out-projection in PyTorch (``norm_impl="torch"``; needs the norm after the gate)."""
+        cfg = self.config
+        gated = kernel("mamba2")(
+            self.in_proj(hidden),
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias,
+            self.dt_bias,
+            -torch.exp(self.A_log.float()),
+            D=self.D.view(self.nheads, self.headdim) if cfg.D_has_hdim else self.D,
+            chunk_size=cfg.chunk_size,
+            activation="silu",
+            headdim=None if cfg.D_has_hdim else self.headdim,
+            ngroups=self.ngroups,
+            **self._dt_limit_kwargs(),
+        )
+        return self.out_proj(self.norm(gated))
 
     def _forward_torch(self, hidden: Tensor) -> Tensor:
         cfg = self.config

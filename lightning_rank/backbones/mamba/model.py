@@ -8,9 +8,12 @@ head: a reranker pools hidden states).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -28,9 +31,19 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).to(x.dtype)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+def _pre_norm(hidden: Tensor, weight: Tensor, eps: float, mask: Tensor | None) -> Tensor:
+    """A block's input: RMSNorm in fp32 (back in the weight's dtype), pad positions zeroed."""
+    normed = F.rms_norm(hidden.float(), (hidden.shape[-1],), weight.float(), eps).to(weight.dtype)
+    # Right padding: zero pad positions before in_proj/conv so nothing from them enters a state.
+    return normed if mask is None else normed * mask.unsqueeze(-1).to(normed.dtype)
+
+
+@functools.cache
+def _compiled_pre_norm() -> Callable[..., Tensor]:
+    return torch.compile(_pre_norm, dynamic=True)
 
 
 class MambaBlock(nn.Module):
@@ -42,6 +55,7 @@ class MambaBlock(nn.Module):
     def __init__(self, config: MambaConfig) -> None:
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
+        self.compiled_norm = config.block_norm == "compiled"
         self.norm = RMSNorm(config.d_model, config.norm_epsilon)
         self.mixer: nn.Module = (
             Mamba2Mixer(config) if isinstance(config, Mamba2Config) else Mamba1Mixer(config)
@@ -49,10 +63,8 @@ class MambaBlock(nn.Module):
 
     def forward(self, hidden: Tensor, mask: Tensor | None = None, use_kernels: bool = False) -> Tensor:
         """``hidden``: the residual stream ``[B, L, d_model]``; ``mask``: ``[B, L]``, 1 for real tokens."""
-        mixed = self.norm(hidden.to(self.norm.weight.dtype))
-        if mask is not None:
-            # Right padding: zero pad positions before in_proj/conv so nothing from them enters a state.
-            mixed = mixed * mask.unsqueeze(-1).to(mixed.dtype)
+        pre_norm = _compiled_pre_norm() if self.compiled_norm else _pre_norm
+        mixed = pre_norm(hidden, self.norm.weight, self.norm.eps, mask)
         residual = hidden.float() if self.residual_in_fp32 else hidden
         return residual + self.mixer(mixed, use_kernels=use_kernels)
 
