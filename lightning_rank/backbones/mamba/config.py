@@ -235,7 +235,8 @@ class Mamba2Config(_BaseConfig):
     chunk_size: int = 256
     #: Execution only (never saved), fused-kernel path: ``fused`` normalises inside mamba_ssm's combined
     #: kernel (its Triton gated RMSNorm, then the out-projection); ``torch`` gates inside the SSD scan and
-    #: runs the RMSNorm and out-projection in PyTorch. Same function either way.
+    #: runs the RMSNorm and out-projection in PyTorch. Same function either way; on an H100 ``torch`` was
+    #: 5% slower and took 40% more memory (benchmarks/RESULTS.md), so ``fused`` stays the default.
     norm_impl: str = "fused"
 
     def __post_init__(self) -> None:
