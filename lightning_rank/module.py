@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
@@ -22,6 +24,10 @@ from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import RankingMetrics, parse_measures
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; raised before the step is applied or checkpointed."""
 
 
 class RerankerModule(pl.LightningModule):
@@ -44,6 +50,7 @@ class RerankerModule(pl.LightningModule):
         weight_decay: float = 0.01,
         frozen: Sequence[str] = (),
         lora: LoraSettings | None = None,
+        stop_on_nonfinite_loss: bool = True,
     ) -> None:
         """
         Args:
@@ -62,6 +69,9 @@ class RerankerModule(pl.LightningModule):
                 large share of a small encoder's parameters, and of its optimizer time on a CPU).
             lora: train LoRA adapters (peft) instead of the backbone's weights, e.g. ``{r: 16}``; target
                 modules default per backbone. Exports merge the adapters into plain weights.
+            stop_on_nonfinite_loss: stop training at the first NaN/inf loss, naming the step and the
+                batch's query ids, before the step is applied, so the last checkpoint stays the last good
+                one (costs one host-device sync per step on a GPU).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "optimizer"])
@@ -112,8 +122,47 @@ class RerankerModule(pl.LightningModule):
         labels = batch["labels"]
         scores = self(batch).view_as(labels)
         loss = self.loss(scores, labels, batch.get("teacher_scores"))
+        if self.hparams.get("stop_on_nonfinite_loss", True) and not torch.isfinite(loss):
+            raise NonFiniteLossError(self._nonfinite_message(loss, batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.size(0))
         return loss
+
+    def _nonfinite_message(self, loss: Tensor, batch: dict[str, Any]) -> str:
+        trainer = self.trainer
+        queries = batch.get("query_ids") or []
+        shown = ", ".join(map(str, queries[:20])) + (
+            f" (+{len(queries) - 20} more)" if len(queries) > 20 else ""
+        )
+        callback = trainer.checkpoint_callback
+        last = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or None
+        kept = f"the last checkpoint, {last}, is kept as it was" if last else "no checkpoint was written yet"
+        return (
+            f"training loss is {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+            f"queries of this batch on rank {trainer.global_rank}: {shown or 'unknown'}. Stopped before the "
+            f"step was applied; {kept}. Try a lower --model.lr, --trainer.gradient_clip_val 1.0, or "
+            "--trainer.precision bf16-mixed instead of 16-mixed; resume with --ckpt_path last"
+        )
+
+    # -- exact resume: RNG states travel in the checkpoint ---------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+        # Lightning hands the saved stream position only to a train loader it builds after restoring the
+        # loops, but configure_optimizers (estimated_stepping_batches) builds it before: without this the
+        # stream would restart at the epoch's first batch. Applied in on_train_start (twice is harmless).
+        fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+        self._stream_states = fit_state.get("combined_loader") or []
+
+    def on_train_start(self) -> None:
+        states, self._stream_states = getattr(self, "_stream_states", []), []
+        loaders = self.trainer.train_dataloader
+        loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
+        stateful = [loader for loader in loaders if hasattr(loader, "load_state_dict")]
+        for loader, state in zip(stateful, states, strict=False):
+            loader.load_state_dict(state)
 
     # -- evaluation --------------------------------------------------------------------------------------
     def _metric(self, stage: str) -> RankingMetrics:
@@ -212,6 +261,30 @@ class RerankerModule(pl.LightningModule):
         warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
         scheduler = LambdaLR(optimizer, _linear_warmup_decay(warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _rng_states() -> dict[str, Any]:
+    """torch (CPU and CUDA), Python and NumPy generator states, as tensors and plain Python values only so
+    that the checkpoint still loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _linear_warmup_decay(warmup_steps: int, total_steps: int):

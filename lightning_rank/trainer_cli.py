@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.module import RerankerModule
+from lightning_rank.module import NonFiniteLossError, RerankerModule
+
+OOM_HINT = (
+    "out of GPU memory. Knobs, roughly in order: a smaller --data.batch_size (groups per step) or "
+    "--data.group_size, a shorter --data.max_length, --data.length_buckets 4 (less padding), "
+    "--model.backbone_args.gradient_checkpointing true, --trainer.precision bf16-mixed, "
+    "--trainer.accumulate_grad_batches N to keep the effective batch, or sharding with "
+    "--config configs/strategy/fsdp.yaml"
+)
 
 
 class LightningRankCLI(LightningCLI):
@@ -40,6 +52,14 @@ class LightningRankCLI(LightningCLI):
             help="fit only: run validation before training, to show the starting point",
         )
         parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int,
+            default=0,
+            help="fit: also checkpoint every N optimizer steps (0: at epoch ends); "
+            "<default_root_dir>/checkpoints/last.ckpt is always the latest, so after a crash "
+            "`--ckpt_path last` resumes exactly (weights, optimizer, schedule, RNG and data stream)",
+        )
+        parser.add_argument(
             "--validate_after_fit",
             type=bool,
             default=False,
@@ -47,14 +67,29 @@ class LightningRankCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """LightningCLI's trainer, plus a rich progress bar unless the user disabled or chose one."""
+        """LightningCLI's trainer, plus a rich progress bar and a resumable checkpoint callback unless the
+        user disabled or chose their own."""
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         chosen = [*(trainer_config.get("callbacks") or []), *extra]
         wants_bar = trainer_config.get("enable_progress_bar", True) is not False
         if wants_bar and not any(isinstance(c, ProgressBar) for c in chosen):
             extra.append(RankProgressBar(leave=True))
+        wants_checkpoints = trainer_config.get("enable_checkpointing", True) is not False
+        if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in chosen):
+            extra.append(self._default_checkpoint(trainer_config))
         return self._instantiate_trainer(trainer_config, extra)
+
+    def _default_checkpoint(self, trainer_config: dict[str, Any]) -> ModelCheckpoint:
+        """Checkpoints in one fixed folder per run (``<default_root_dir>/checkpoints``, not the logger's
+        versioned one), with ``last.ckpt`` kept current, so that ``--ckpt_path last`` finds them again."""
+        root = trainer_config.get("default_root_dir") or os.getcwd()
+        every = self._get(self.config_init, "checkpoint_every_n_steps", default=0) or 0
+        if every < 0:
+            raise ValueError(f"--checkpoint_every_n_steps must be >= 0, got {every}")
+        return ModelCheckpoint(
+            dirpath=os.path.join(str(root), "checkpoints"), save_last=True, every_n_train_steps=every or None
+        )
 
     def _flag(self, name: str) -> bool:
         return bool(self.config[self.subcommand].get(name, False))
@@ -69,5 +104,17 @@ class LightningRankCLI(LightningCLI):
 
 
 def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
+    """Run a trainer subcommand; a non-finite loss or an out-of-memory error ends it with one clear message
+    and exit status 1 (checkpoints already written are left as they are)."""
     logging.getLogger("ir_datasets").setLevel(logging.WARNING)
-    return LightningRankCLI(args=list(args))
+    # main() hands LightningCLI the argv it was started with: the "both args and sys.argv" warning is moot
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
+    try:
+        return LightningRankCLI(args=list(args))
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except torch.OutOfMemoryError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "CUDA out of memory"
+        print(f"error: {first_line}\n{OOM_HINT}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -45,7 +45,7 @@ def quick(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def final_weights(root: Path) -> dict[str, torch.Tensor]:
-    (ckpt,) = root.rglob("*.ckpt")
+    (ckpt,) = root.rglob("last.ckpt")  # beside the step-named copy of the same state
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 

@@ -1,0 +1,126 @@
+"""Crash safety: a fit killed with SIGKILL resumes with ``--ckpt_path last`` to exactly the uninterrupted run;
+a NaN loss or an out-of-memory error stops with a clear message and leaves the checkpoints as they were."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import REPO, cli
+
+from lightning_rank.module import RerankerModule, _rng_states, _set_rng_states
+
+DEMO = str(REPO / "configs" / "demo.yaml")
+STEPS = 48
+
+
+def fit_args(root: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", DEMO, "--trainer.max_steps", str(STEPS), "--checkpoint_every_n_steps", "8",
+        "--trainer.check_val_every_n_epoch", "100", "--validate_before_fit", "false",
+        "--validate_after_fit", "true", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root), *extra,
+    ]  # fmt: skip
+
+
+def final_metrics(root: Path) -> dict[str, float]:
+    newest = max(root.rglob("metrics.csv"), key=os.path.getmtime)
+    rows = [r for r in csv.DictReader(newest.open()) if r.get("val/nDCG@10")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and "@" in k}
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)  # what --ckpt_path does, too
+
+
+def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
+    whole = cli(*fit_args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    root = tmp_path / "killed"
+    checkpoints = root / "checkpoints"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_rank.cli", *fit_args(root)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while (
+        not list(checkpoints.glob("*step=16*.ckpt")) and proc.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to save anything on the way out
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: raise STEPS"
+    interrupted_at = load(checkpoints / "last.ckpt")["global_step"]
+    assert 16 <= interrupted_at < STEPS
+
+    resumed = cli(*fit_args(root, "--ckpt_path", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected, got = load(tmp_path / "whole" / "checkpoints" / "last.ckpt"), load(checkpoints / "last.ckpt")
+    assert expected["global_step"] == got["global_step"] == STEPS
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+    reference, metrics = final_metrics(tmp_path / "whole"), final_metrics(root)
+    assert set(reference) == {"val/nDCG@10", "val/RR@10", "val/R@100"}
+    for name, value in reference.items():
+        assert abs(metrics[name] - value) <= 1e-6, (name, metrics, reference)
+
+
+def test_random_generators_are_restored_with_the_checkpoint() -> None:
+    """Dropout masks after a resume are the ones the uninterrupted run would have drawn."""
+    import random
+
+    import numpy as np
+
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    module = RerankerModule(backbone="bert", backbone_args={"tokenizer": "builtin:words", "config": tiny})
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.rand(5), random.random(), np.random.rand()  # the crashed run drew more
+    module.on_load_checkpoint(checkpoint)
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+    _set_rng_states(_rng_states())  # the state survives its own round trip
+
+
+def test_nan_loss_stops_with_step_and_queries_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    root = tmp_path / "nan"
+    run = cli(
+        *fit_args(root, "--model.backbone", "tests.faulty_backbones.FaultyMamba",
+                  "--model.backbone_args", '{"fail_at": 13, "failure": "nan", "tokenizer": "builtin:words", '
+                  '"use_kernels": "never", "config": {"d_model": 64, "n_layer": 2}}'),
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "training loss is nan at step 12 (epoch 0)" in run.stderr
+    assert "queries of this batch on rank 0: " in run.stderr and "lower --model.lr" in run.stderr
+    last = root / "checkpoints" / "last.ckpt"
+    assert f"the last checkpoint, {last}, is kept as it was" in run.stderr
+    saved = load(last)
+    assert saved["global_step"] == 8
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_out_of_memory_names_the_knobs_to_turn(tmp_path: Path) -> None:
+    run = cli(
+        *fit_args(tmp_path, "--model.backbone", "tests.faulty_backbones.FaultyMamba",
+                  "--model.backbone_args", '{"fail_at": 3, "failure": "oom", "tokenizer": "builtin:words", '
+                  '"use_kernels": "never", "config": {"d_model": 64, "n_layer": 2}}'),
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "error: CUDA out of memory. Tried to allocate 2.00 GiB" in run.stderr
+    for knob in (
+        "--data.batch_size",
+        "--data.max_length",
+        "gradient_checkpointing",
+        "bf16-mixed",
+        "fsdp.yaml",
+    ):
+        assert knob in run.stderr
