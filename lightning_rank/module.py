@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import random
@@ -74,7 +75,12 @@ class RerankerModule(pl.LightningModule):
                 one (costs one host-device sync per step on a GPU).
         """
         super().__init__()
+        if isinstance(lora, dict):  # as stored in a checkpoint's hyper-parameters
+            lora = LoraSettings(**lora)
         self.save_hyperparameters(ignore=["loss", "optimizer"])
+        if lora is not None:
+            # plain values only: checkpoints must load with torch.load(weights_only=True)
+            self.hparams["lora"] = dataclasses.asdict(lora)
         self.backbone: Backbone = build_backbone(backbone, backbone_args)
         self.head = nn.Linear(self.backbone.hidden_size, 1)
         self.loss = loss

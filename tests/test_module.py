@@ -119,3 +119,17 @@ def test_weight_decay_spares_biases_norms_and_mamba_ssm_parameters():
     assert decayed | spared == set(names.values())
     optimizer = module.default_optimizer()
     assert isinstance(optimizer, torch.optim.AdamW) and not optimizer.defaults["fused"]  # fused on CUDA only
+
+
+def test_lora_checkpoint_hyperparameters_load_with_weights_only(tmp_path):
+    """A LoRA run must resume with torch.load(weights_only=True), torch's default: no pickled classes."""
+    from lightning_rank.lora import LoraSettings
+
+    tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    args = {"tokenizer": "builtin:words", "config": tiny}
+    module = RerankerModule(backbone="bert", backbone_args=args, lora=LoraSettings(r=4))
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "hp.ckpt")
+    hparams = torch.load(tmp_path / "hp.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["lora"]["r"] == 4
+    again = RerankerModule(**hparams)
+    assert any("lora_" in name for name, _ in again.named_parameters())
