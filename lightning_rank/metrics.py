@@ -295,10 +295,10 @@ def write_trec_run(
             if math.isnan(value):
                 raise ValueError(f"score of ({qid!r}, {did!r}) is NaN; trec_eval cannot rank it")
             lines.append(f"{qid} Q0 {did} {rank} {value!r} {tag}\n")
-    _atomic_write_lines(path, lines)
+    atomic_write_lines(path, lines)
 
 
-def _atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
+def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
     """Write lines to a temp file next to ``path``, fsync, then ``os.replace`` it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

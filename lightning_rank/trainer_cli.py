@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
 from lightning_rank.datamodules import RerankDataModule
+from lightning_rank.metrics import atomic_write_lines
 from lightning_rank.module import NonFiniteLossError, RerankerModule
 
 OOM_HINT = (
@@ -60,6 +63,13 @@ class LightningRankCLI(LightningCLI):
             "`--ckpt_path last` resumes exactly (weights, optimizer, schedule, RNG and data stream)",
         )
         parser.add_argument(
+            "--metrics_file",
+            type=str | None,
+            default=None,
+            help="validate/test (and fit with --validate_after_fit): write the final metrics to this JSON "
+            "file (atomically: a failed write leaves an existing file as it was)",
+        )
+        parser.add_argument(
             "--validate_after_fit",
             type=bool,
             default=False,
@@ -101,6 +111,23 @@ class LightningRankCLI(LightningCLI):
     def after_fit(self) -> None:
         if self._flag("validate_after_fit") and not self.trainer.interrupted:
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
+            self._write_metrics("val/")
+
+    def after_validate(self) -> None:
+        self._write_metrics("val/")
+
+    def after_test(self) -> None:
+        self._write_metrics("test/")
+
+    def _write_metrics(self, prefix: str) -> None:
+        path = self.config[self.subcommand].get("metrics_file")
+        if not path or self.trainer.global_rank != 0:
+            return
+        metrics = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix) and "@" in k
+        }
+        text = json.dumps(dict(sorted(metrics.items())), indent=2) + "\n"
+        atomic_write_lines(Path(path), [text])
 
 
 def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
