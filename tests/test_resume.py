@@ -4,6 +4,7 @@ a NaN loss or an out-of-memory error stops with a clear message and leaves the c
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -91,13 +92,17 @@ def test_random_generators_are_restored_with_the_checkpoint() -> None:
     _set_rng_states(_rng_states())  # the state survives its own round trip
 
 
+def faulty_fit(root: Path, failure: str, fail_at: int) -> subprocess.CompletedProcess:
+    """The demo's model, failing on purpose at its ``fail_at``-th training forward pass."""
+    args = {"fail_at": fail_at, "failure": failure, "tokenizer": "builtin:words", "use_kernels": "never",
+            "config": {"d_model": 64, "n_layer": 2}}  # fmt: skip
+    faulty = "tests.faulty_backbones.FaultyMamba"
+    return cli(*fit_args(root, "--model.backbone", faulty, "--model.backbone_args", json.dumps(args)))
+
+
 def test_nan_loss_stops_with_step_and_queries_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     root = tmp_path / "nan"
-    run = cli(
-        *fit_args(root, "--model.backbone", "tests.faulty_backbones.FaultyMamba",
-                  "--model.backbone_args", '{"fail_at": 13, "failure": "nan", "tokenizer": "builtin:words", '
-                  '"use_kernels": "never", "config": {"d_model": 64, "n_layer": 2}}'),
-    )  # fmt: skip
+    run = faulty_fit(root, failure="nan", fail_at=13)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "training loss is nan at step 12 (epoch 0)" in run.stderr
     assert "queries of this batch on rank 0: " in run.stderr and "lower --model.lr" in run.stderr
@@ -109,11 +114,7 @@ def test_nan_loss_stops_with_step_and_queries_and_keeps_the_last_good_checkpoint
 
 
 def test_out_of_memory_names_the_knobs_to_turn(tmp_path: Path) -> None:
-    run = cli(
-        *fit_args(tmp_path, "--model.backbone", "tests.faulty_backbones.FaultyMamba",
-                  "--model.backbone_args", '{"fail_at": 3, "failure": "oom", "tokenizer": "builtin:words", '
-                  '"use_kernels": "never", "config": {"d_model": 64, "n_layer": 2}}'),
-    )  # fmt: skip
+    run = faulty_fit(tmp_path, failure="oom", fail_at=3)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "error: CUDA out of memory. Tried to allocate 2.00 GiB" in run.stderr
     for knob in (

@@ -9,6 +9,7 @@ modules call them) or the PyTorch path (:mod:`.scan`); both compute the same fun
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -182,8 +183,21 @@ class Mamba2Mixer(nn.Module):
         # As mamba2.Mamba2.forward's use_mem_eff_path branch (no sequence index, no inference cache).
         cfg = self.config
         if cfg.norm_impl == "torch" and cfg.rmsnorm and not cfg.norm_before_gate:
-            return self._forward_kernel_scan_torch_norm(hidden)
-        rmsnorm = cfg.rmsnorm
+            # The scan applies the gate y * silu(z); RMSNorm and out-projection follow in PyTorch.
+            return self.out_proj(self.norm(self._fused_scan(hidden)))
+        return self._fused_scan(
+            hidden,
+            rmsnorm_weight=self.norm.weight if cfg.rmsnorm else None,
+            rmsnorm_eps=self.norm.eps if cfg.rmsnorm else 1e-6,
+            outproj_weight=self.out_proj.weight,
+            outproj_bias=self.out_proj.bias,
+            norm_before_gate=cfg.norm_before_gate,
+        )
+
+    def _fused_scan(self, hidden: Tensor, **fused: Any) -> Tensor:
+        """mamba_ssm's ``mamba_split_conv1d_scan_combined`` on ``in_proj(hidden)``; ``fused`` adds its norm
+        and out-projection arguments (without them it returns the gated scan output)."""
+        cfg = self.config
         return kernel("mamba2")(
             self.in_proj(hidden),
             self.conv1d.weight.squeeze(1),
@@ -193,34 +207,11 @@ class Mamba2Mixer(nn.Module):
             D=self.D.view(self.nheads, self.headdim) if cfg.D_has_hdim else self.D,
             chunk_size=cfg.chunk_size,
             activation="silu",
-            rmsnorm_weight=self.norm.weight if rmsnorm else None,
-            rmsnorm_eps=self.norm.eps if rmsnorm else 1e-6,
-            outproj_weight=self.out_proj.weight,
-            outproj_bias=self.out_proj.bias,
-            headdim=None if cfg.D_has_hdim else self.headdim,
-            ngroups=self.ngroups,
-            norm_before_gate=cfg.norm_before_gate,
-            **self._dt_limit_kwargs(),
-        )
-
-    def _forward_kernel_scan_torch_norm(self, hidden: Tensor) -> Tensor:
-        """Fused conv + SSD scan with the gate ``y * silu(z)`` applied inside the scan, then the RMSNorm and
-        the out-projection in PyTorch (``norm_impl="torch"``; needs the norm after the gate)."""
-        cfg = self.config
-        gated = kernel("mamba2")(
-            self.in_proj(hidden),
-            self.conv1d.weight.squeeze(1),
-            self.conv1d.bias,
-            self.dt_bias,
-            -torch.exp(self.A_log.float()),
-            D=self.D.view(self.nheads, self.headdim) if cfg.D_has_hdim else self.D,
-            chunk_size=cfg.chunk_size,
-            activation="silu",
             headdim=None if cfg.D_has_hdim else self.headdim,
             ngroups=self.ngroups,
             **self._dt_limit_kwargs(),
+            **fused,
         )
-        return self.out_proj(self.norm(gated))
 
     def _forward_torch(self, hidden: Tensor) -> Tensor:
         cfg = self.config
