@@ -1,14 +1,20 @@
 """The ``lightning-rank`` command: LightningCLI's fit/validate/test/predict plus our own subcommands.
 
 ``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run.
-Lightning is imported only for the trainer subcommands, after a pre-flight check of the backbone name.
+Lightning is imported only for the trainer subcommands, after pre-flight checks of the command line and its
+config files; bad input ends with one ``error:`` message and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
+
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def list_backbones() -> int:
@@ -46,18 +52,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from lightning_rank.backbones.registry import UnknownBackboneError
-    from lightning_rank.preflight import check_argv
+    from lightning_rank.preflight import InputError, check_argv
 
     try:
         check_argv(argv)
-    except UnknownBackboneError as err:
+    except (UnknownBackboneError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     from lightning_rank.trainer_cli import run_trainer_cli
 
-    run_trainer_cli(argv)
+    try:
+        with _clear_parse_errors(argv):
+            run_trainer_cli(argv)
+    except InputError as err:  # a bad data file, dataset id or option found after parsing: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+@contextlib.contextmanager
+def _clear_parse_errors(argv: Sequence[str]) -> Iterator[None]:
+    """Make jsonargparse's parse errors short and actionable: its ~100-line usage is left out (``--help``
+    shows it), and an unknown key is reported with every other unknown key of the command line and the
+    ``--config`` files, where each is written and the closest valid key ("did you mean ..."). jsonargparse
+    has no hook for this (its ``error_handler`` is deprecated), so its ``error`` is wrapped while we parse."""
+    from jsonargparse import ArgumentParser
+
+    from lightning_rank.preflight import explain_unknown_keys
+
+    original = ArgumentParser.error
+
+    def error(self: ArgumentParser, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            original(self, message, ex)  # an inner parser (caught by jsonargparse) or debugging: unchanged
+        parser = getattr(ex, "subcommand_parser", None) or self
+        explained = explain_unknown_keys(message, [a.dest for a in parser._actions], argv)
+        subcommand = parser.prog.split()[-1]
+        command = f"lightning-rank {subcommand}" if subcommand in TRAINER_SUBCOMMANDS else "lightning-rank"
+        if explained:
+            sys.stderr.write("".join(f"error: {line}\n" for line in explained.splitlines()))
+            sys.stderr.write(f"Fix or remove these keys; `{command} --help` lists every option.\n")
+        else:
+            sys.stderr.write(f"error: {message}\n`{command} --help` lists every option.\n")
+        self.exit(2)
+
+    ArgumentParser.error = error
+    try:
+        yield
+    finally:
+        ArgumentParser.error = original
 
 
 if __name__ == "__main__":
