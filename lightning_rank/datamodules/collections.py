@@ -39,13 +39,87 @@ from ir_datasets.indices import DEFAULT_DOCSTORE_OPTIONS, PickleLz4FullStore
 from ir_datasets.util import LocalDownload
 
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
+from lightning_rank.preflight import ConfigError, InputError
 
 DEMO_ID = "lightning-rank/demo"
 _REQUIRED = ("corpus.jsonl", "queries.jsonl")
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(InputError, RuntimeError):
     """An ir_datasets id whose files are not on this machine and could not be downloaded."""
+
+
+class DataError(InputError, ValueError):
+    """Data that cannot be used as given (an empty corpus, nothing to train on or to rerank)."""
+
+
+class DataFileError(DataError):
+    """A local data file that cannot be read as given; the message names the file and, if it can, the line."""
+
+
+class DataFileNotFoundError(InputError, FileNotFoundError):
+    """A local data file (collection, run) that does not exist."""
+
+
+@contextlib.contextmanager
+def reading(dataset_id: str, *files: str | os.PathLike | None) -> Iterator[None]:
+    """Read ``dataset_id`` (and local ``files`` such as run files) with clear errors: downloads fail fast
+    (:func:`downloads_fail_fast`) and a file that is not UTF-8 is named with its line and byte offset."""
+    with downloads_fail_fast(dataset_id):
+        try:
+            yield
+        except UnicodeDecodeError as err:
+            for path in [*local_files(dataset_id), *(Path(f) for f in files if f)]:
+                where = first_invalid_utf8(path)
+                if where is not None:
+                    raise _not_utf8(path, *where) from err
+            raise
+
+
+def local_files(dataset_id: str) -> list[Path]:
+    """The files behind a local collection's id (docs, queries, qrels, runs, docpairs); [] for others."""
+    return list(getattr(_registered().get(dataset_id), "_lightning_rank_files", []))
+
+
+def first_invalid_utf8(path: str | os.PathLike) -> tuple[int, int, bytes] | None:
+    """``(line, byte offset, bad byte)`` of the first byte of ``path`` that is not UTF-8, or None."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, offset + err.start, line[err.start : err.start + 1]
+            offset += len(line)
+    return None
+
+
+def _not_utf8(path: str | os.PathLike, line: int, offset: int, byte: bytes) -> DataFileError:
+    return DataFileError(
+        f"{path}:{line}: not valid UTF-8 (byte 0x{byte.hex()} at byte offset {offset}). Local collection "
+        "and run files are read as UTF-8: re-encode the file, e.g. `iconv -f latin1 -t utf-8 OLD > NEW` if "
+        "it is Latin-1, or fix that line."
+    )
+
+
+def _first_line(path: Path) -> str:
+    with path.open("rb") as f:
+        raw = f.readline()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, 1, err.start, raw[err.start : err.start + 1]) from None
+
+
+def _require_records(path: Path, what: str, name: str) -> None:
+    """Fail on a docs or queries file without a single record: nothing could be ranked."""
+    with path.open("rb") as f:
+        if any(line.strip() for line in f):
+            return
+    raise DataFileError(
+        f"local collection {name!r}: {path} holds no {what} (the file is empty). A reranker needs {what} "
+        f"to score: point the collection's {what} at a non-empty file."
+    )
 
 
 @contextlib.contextmanager
@@ -72,7 +146,7 @@ def downloads_fail_fast(dataset_id: str) -> Iterator[None]:
         ) from err
 
 
-class DatasetNotFoundError(KeyError):
+class DatasetNotFoundError(InputError, KeyError):
     """An ir_datasets id that is neither built into ir_datasets nor registered by lightning-rank."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -115,7 +189,7 @@ def register_beir_folder(name: str, folder: str | os.PathLike) -> list[str]:
     folder = Path(folder).expanduser().resolve()
     missing = [f for f in _REQUIRED if not (folder / f).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DataFileNotFoundError(
             f"{folder} is not a BEIR-format folder: missing {', '.join(missing)}. Expected corpus.jsonl, "
             "queries.jsonl and qrels/<split>.tsv (as BEIR ships them)."
         )
@@ -138,24 +212,30 @@ def register_files(name: str, files: LocalFiles) -> list[str]:
     beside the user's files (which may be read-only).
     """
     docs_path, queries_path = _existing(files.docs, "docs"), _existing(files.queries, "queries")
+    _require_records(docs_path, "documents", name)
+    _require_records(queries_path, "queries", name)
     marker = f"lightning-rank:{files!r}"
     existing = _registered().get(name)
     if existing is not None:
         if getattr(existing, "_lightning_rank_source", None) == marker:
             return _ids_of(name)
-        raise ValueError(f"dataset id {name!r} is already registered (by ir_datasets or other files)")
+        raise ConfigError(f"dataset id {name!r} is already registered (by ir_datasets or other files)")
     namespace = f"lightning-rank-local/{name}-{_fingerprint(docs_path)}"
     docs = _docs_handler(docs_path, namespace)
     queries = _queries_handler(queries_path, namespace)
-    _register(name, Dataset(docs, queries), marker)
+    _register(name, Dataset(docs, queries), marker, [docs_path, queries_path])
     for split, qrels_file in sorted(files.qrels.items()):
-        qrels = _qrels_handler(_existing(qrels_file, f"qrels[{split}]"))
+        qrels_path = _existing(qrels_file, f"qrels[{split}]")
+        qrels = _qrels_handler(qrels_path)
         parts = [docs, FilteredQueries(queries, functools.partial(_qids_of, qrels), mode="include"), qrels]
+        split_files = [docs_path, queries_path, qrels_path]
         if split in files.runs:
-            parts.append(TrecScoredDocs(LocalDownload(_existing(files.runs[split], f"runs[{split}]"))))
+            split_files.append(_existing(files.runs[split], f"runs[{split}]"))
+            parts.append(TrecScoredDocs(LocalDownload(split_files[-1])))
         if split in files.docpairs:
-            parts.append(TsvDocPairs(LocalDownload(_existing(files.docpairs[split], f"docpairs[{split}]"))))
-        _register(f"{name}/{split}", Dataset(*parts), marker)
+            split_files.append(_existing(files.docpairs[split], f"docpairs[{split}]"))
+            parts.append(TsvDocPairs(LocalDownload(split_files[-1])))
+        _register(f"{name}/{split}", Dataset(*parts), marker, split_files)
     return _ids_of(name)
 
 
@@ -165,7 +245,7 @@ _EXTRAS = {"runs": "trec", "docpairs": "tsv"}
 def _existing(path: str | os.PathLike, what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
-        raise FileNotFoundError(f"local collection {what}: {resolved} does not exist")
+        raise DataFileNotFoundError(f"local collection {what}: {resolved} does not exist")
     return resolved
 
 
@@ -192,7 +272,7 @@ def _docs_handler(path: Path, namespace: str):
         return BeirDocs(namespace, LocalDownload(path), BeirTitleDoc if _has_title(path) else GenericDoc)
     if path.suffix == ".tsv":
         return _CachedTsvDocs(path, namespace)
-    raise ValueError(f"{path}: documents must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
+    raise DataFileError(f"{path}: documents must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
 
 
 def _queries_handler(path: Path, namespace: str):
@@ -200,19 +280,20 @@ def _queries_handler(path: Path, namespace: str):
         return BeirQueries(namespace, LocalDownload(path), GenericQuery)
     if path.suffix == ".tsv":
         return TsvQueries(LocalDownload(path), namespace=namespace)
-    raise ValueError(f"{path}: queries must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
+    raise DataFileError(f"{path}: queries must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
 
 
 def _qrels_handler(path: Path):
-    with path.open(encoding="utf-8") as f:
-        first = f.readline().split()
+    first = _first_line(path).split()
+    if not first:
+        raise DataFileError(f"{path}:1: the qrels file is empty or starts with a blank line")
     if first[:1] == ["query-id"]:
         return BeirQrels(LocalDownload(path), qrels_defs={})
     if len(first) == 3:
         return TrecQrels(LocalDownload(path), qrels_defs={}, format_3col=True)
     if len(first) == 4:
         return TrecQrels(LocalDownload(path), qrels_defs={})
-    raise ValueError(f"{path}:1: qrels lines need 3 (qid docid rel) or 4 (qid 0 docid rel) columns")
+    raise DataFileError(f"{path}:1: qrels lines need 3 (qid docid rel) or 4 (qid 0 docid rel) columns")
 
 
 def register_demo(spec: DemoSpec | None = None) -> list[str]:
@@ -224,21 +305,29 @@ def register_demo(spec: DemoSpec | None = None) -> list[str]:
 
 def load_dataset(dataset_id: str):
     """``ir_datasets.load`` with our collections registered first and a clear error for unknown ids."""
+    require_dataset(dataset_id)
+    return ir_datasets.load(dataset_id)
+
+
+def require_dataset(dataset_id: str, option: str | None = None) -> None:
+    """Raise :class:`DatasetNotFoundError` (with close ids) unless ``dataset_id`` is registered; the demo
+    collection is generated and registered on first use. Reads no data, so it can run at configuration."""
     if (dataset_id == DEMO_ID or dataset_id.startswith(DEMO_ID + "/")) and dataset_id not in _registered():
         register_demo()
     if dataset_id not in _registered():
         close = difflib.get_close_matches(dataset_id, list(_registered()), n=3, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise DatasetNotFoundError(
-            f"unknown ir_datasets id {dataset_id!r}.{hint} Use an id from https://ir-datasets.com, "
+            f"{option + ': ' if option else ''}unknown ir_datasets id {dataset_id!r}.{hint} "
+            "Use an id from https://ir-datasets.com, "
             f"{DEMO_ID}/train|dev, or register your own folder with `data.local_collections` "
             "(name: path of a BEIR-format folder)."
         )
-    return ir_datasets.load(dataset_id)
 
 
-def _register(name: str, dataset: Dataset, marker: str) -> None:
+def _register(name: str, dataset: Dataset, marker: str, files: list[Path]) -> None:
     dataset._lightning_rank_source = marker
+    dataset._lightning_rank_files = files  # named in errors about their content (see `reading`)
     ir_datasets.registry.register(name, dataset)
 
 
@@ -256,11 +345,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def _has_title(path: Path) -> bool:
-    with path.open(encoding="utf-8") as f:
-        first = f.readline()
+    first = _first_line(path)
     try:
         return "title" in json.loads(first)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise DataFileError(
             f"{path}:1 is not valid JSON ({err.msg}); each line must be one JSON object"
         ) from err

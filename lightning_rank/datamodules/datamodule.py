@@ -1,36 +1,51 @@
-"""RerankDataModule: ir_datasets ids (or registered local folders) in, tokenized batches out."""
+"""RerankDataModule: ir_datasets ids (or registered local folders) in, tokenized batches out.
+
+What the data cannot give is reported once per split at setup, on Lightning's console logger, rather than
+failing the run: entries naming unknown queries or documents are skipped (a warning with counts), pairs
+with empty text are kept and scored (a warning with counts: an empty document is valid reranker input), and
+queries with fewer run candidates than a group needs repeat negatives (a warning with the count of queries).
+Input that leaves nothing to do (no trainable query, nothing to rerank, an empty corpus) is an error.
+"""
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 from ir_datasets.formats import TrecScoredDocs
 from ir_datasets.util import LocalDownload
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.collections import (
+    DataError,
+    DataFileNotFoundError,
     LocalFiles,
-    downloads_fail_fast,
     load_dataset,
+    reading,
     register_local,
+    require_dataset,
 )
 from lightning_rank.datamodules.documents import DocumentLookup
 from lightning_rank.datamodules.groups import (
     NegativeSampling,
+    SkipReport,
+    TrainingQuery,
     build_training_index,
     docpairs_as_qrels_and_run,
 )
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
 from lightning_rank.metrics import read_trec_run
+from lightning_rank.preflight import ConfigError, check_group_size
 
 EVAL_STAGES = ("val", "test", "predict")
+_console = logging.getLogger("lightning.pytorch")  # Lightning's own console handler shows it
 
 
 class RerankDataModule(pl.LightningDataModule):
@@ -102,11 +117,13 @@ class RerankDataModule(pl.LightningDataModule):
             seed: seeds query order and negative sampling (with the epoch).
         """
         super().__init__()
-        if group_size < 2:
-            raise ValueError(f"data.group_size must be >= 2 (1 positive + negatives), got {group_size}")
+        check_group_size(group_size)  # at configuration time, before any data is read
         self.save_hyperparameters()
         for name, source in (local_collections or {}).items():
             register_local(name, source)
+        for option in ("train_dataset", "val_dataset", "test_dataset", "predict_dataset"):
+            if self.hparams[option] is not None:  # a mistyped id fails now, before the trainer or any data
+                require_dataset(self.hparams[option], f"data.{option}")
         self._backbone = None
         self._train: TrainingGroupStream | None = None
         self._eval: dict[str, EvalSplit] = {}
@@ -147,27 +164,45 @@ class RerankDataModule(pl.LightningDataModule):
     def _setup_train(self) -> None:
         hp = self.hparams
         if hp.train_dataset is None:
-            raise ValueError("`fit` needs data.train_dataset (an ir_datasets id with qrels)")
+            raise ConfigError("`fit` needs data.train_dataset (an ir_datasets id with qrels)")
         dataset = load_dataset(hp.train_dataset)
         documents = DocumentLookup(hp.train_dataset)
-        teacher = read_trec_run(hp.teacher_run) if hp.teacher_run else None
-        with downloads_fail_fast(hp.train_dataset):
+        empty_docs: set[str] = set()
+
+        def existing(doc_ids: Iterable[str]) -> set[str]:
+            present, empty = documents.existing_and_empty(doc_ids)
+            empty_docs.update(empty)
+            return present
+
+        with reading(hp.train_dataset, hp.train_run, hp.teacher_run):
+            teacher = read_trec_run(_run_file(hp.teacher_run, "teacher_run")) if hp.teacher_run else None
             queries = _queries(dataset)
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
             if hp.train_source == "docpairs":
                 if not dataset.has_docpairs():
-                    raise ValueError(f"{hp.train_dataset} has no docpairs; use data.train_source: run")
+                    raise ConfigError(f"{hp.train_dataset} has no docpairs; use data.train_source: run")
                 pairs = ((p.query_id, p.doc_id_a, p.doc_id_b) for p in dataset.docpairs_iter())
                 qrels, run = docpairs_as_qrels_and_run(pairs, qrels)
             else:
                 scoreddocs = _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run")
                 run = _ranked(scoreddocs, hp.negatives_depth)
             index, report = build_training_index(
-                qrels, run, queries, documents.existing, hp.min_relevance, hp.negatives_depth, teacher
+                qrels, run, queries, existing, hp.min_relevance, hp.negatives_depth, teacher
             )
         if not index:
-            raise ValueError(f"{hp.train_dataset}: no trainable query ({report.summary()} skipped)")
-        rank_zero_info(f"{hp.train_dataset}: {len(index)} training queries; skipped {report.summary()}")
+            raise DataError(
+                f"{hp.train_dataset}: no trainable query: every query was skipped ({report.summary()}). "
+                "A query needs a judged positive and a negative, both in the corpus."
+            )
+        _report_skips(f"{hp.train_dataset}: {len(index)} training queries", report, training=True)
+        used_queries = {q.query_id for q in index}
+        used_docs = {d for q in index for d in (*q.positives, *q.negatives)}
+        _report_empty_texts(
+            hp.train_dataset,
+            len(empty_docs & used_docs),
+            sum(not queries[q].strip() for q in used_queries),
+        )
+        _report_short_runs(hp.train_dataset, index, hp.group_size)
         self.train_report = report
         self._train = TrainingGroupStream(
             index,
@@ -187,11 +222,11 @@ class RerankDataModule(pl.LightningDataModule):
         if dataset_id is None:
             if stage == "val":
                 return
-            raise ValueError(f"`{stage}` needs data.{stage}_dataset (an ir_datasets id)")
+            raise ConfigError(f"`{stage}` needs data.{stage}_dataset (an ir_datasets id)")
         if stage in self._eval:
             return
         dataset = load_dataset(dataset_id)
-        with downloads_fail_fast(dataset_id):
+        with reading(dataset_id, hp[f"{stage}_run"]):
             queries = _queries(dataset)
             run = _ranked(
                 _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run"), hp.rerank_depth
@@ -200,10 +235,18 @@ class RerankDataModule(pl.LightningDataModule):
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
         split = build_eval_split(run, queries, qrels, doc_texts, hp.rerank_depth)
         if not split.pairs:
-            raise ValueError(f"{dataset_id}: nothing to rerank ({split.report.summary()} skipped)")
-        rank_zero_info(
-            f"{dataset_id}: reranking {len(split.pairs)} pairs of {len(split.query_ids)} queries; "
-            f"skipped {split.report.summary()}"
+            raise DataError(
+                f"{dataset_id}: nothing to rerank: every run entry was skipped ({split.report.summary()}). "
+                f"Check that data.{stage}_run belongs to this collection."
+            )
+        _report_skips(
+            f"{dataset_id}: reranking {len(split.pairs)} pairs of {len(split.query_ids)} queries",
+            split.report,
+        )
+        _report_empty_texts(
+            dataset_id,
+            sum(not t.strip() for t in split.doc_texts),
+            sum(not t.strip() for t in split.query_texts),
         )
         self._eval[stage] = split
 
@@ -252,14 +295,18 @@ def _queries(dataset: Any) -> dict[str, str]:
     return {q.query_id: q.default_text() for q in dataset.queries_iter()}
 
 
+def _run_file(run_file: str, option: str) -> Path:
+    path = Path(run_file).expanduser()
+    if not path.is_file():
+        raise DataFileNotFoundError(f"data.{option}: run file {path} does not exist")
+    return path
+
+
 def _scoreddocs(dataset: Any, dataset_id: str, run_file: str | None, option: str) -> Iterator[Any]:
     if run_file is not None:
-        path = Path(run_file).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data.{option}: run file {path} does not exist")
-        return TrecScoredDocs(LocalDownload(path)).scoreddocs_iter()
+        return TrecScoredDocs(LocalDownload(_run_file(run_file, option))).scoreddocs_iter()
     if not dataset.has_scoreddocs():
-        raise ValueError(
+        raise ConfigError(
             f"{dataset_id} has no first-stage run: set data.{option} to a TREC run file "
             "(build one with `lightning-rank bm25`)"
         )
@@ -279,3 +326,40 @@ def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
         elif item > heap[0]:
             heapq.heapreplace(heap, item)
     return [(q, d) for q, heap in heaps.items() for _, d in sorted(heap, reverse=True)]
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    _console.warning(message)
+
+
+def _report_skips(what: str, report: SkipReport, training: bool = False) -> None:
+    """One line per split: what is used and what was skipped, with counts and reasons (a warning if any)."""
+    if not report.counts:
+        rank_zero_info(f"{what}; skipped nothing")
+        return
+    also = " or leave a query nothing to learn from" if training else ""
+    _warn(
+        f"{what}; skipped {report.summary()}. Skipped entries name queries or documents that the collection "
+        f"does not hold (are the run and qrels from this collection?){also}; the rest is used."
+    )
+
+
+def _report_empty_texts(dataset_id: str, documents: int, queries: int) -> None:
+    if documents or queries:
+        _warn(
+            f"{dataset_id}: {documents} documents and {queries} queries have empty text; they are kept and "
+            "scored as they are (an empty document is valid reranker input: the template is rendered with "
+            "nothing in its place). Check the collection's files if this is unexpected."
+        )
+
+
+def _report_short_runs(dataset_id: str, index: list[TrainingQuery], group_size: int) -> None:
+    need = group_size - 1
+    short = [len(q.negatives) for q in index if len(q.negatives) < need]
+    if short:
+        _warn(
+            f"{dataset_id}: {len(short)} of {len(index)} training queries have fewer than {need} negatives "
+            f"(fewest: {min(short)}) for data.group_size {group_size}; their groups repeat negatives. Use a "
+            "deeper run (data.train_run, data.negatives_depth) or a smaller data.group_size to avoid it."
+        )

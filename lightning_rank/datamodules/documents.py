@@ -36,3 +36,8 @@ class DocumentLookup:
     def existing(self, doc_ids: Iterable[str]) -> set[str]:
         """The subset of ``doc_ids`` that the corpus holds (one bulk lookup; builds the docstore once)."""
         return set(self._docstore().get_many(list(doc_ids)))
+
+    def existing_and_empty(self, doc_ids: Iterable[str]) -> tuple[set[str], set[str]]:
+        """The ids the corpus holds, and those of them whose text is empty or blank (one bulk lookup)."""
+        found = self._docstore().get_many(list(doc_ids))
+        return set(found), {d for d, doc in found.items() if not doc.default_text().strip()}

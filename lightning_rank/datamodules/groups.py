@@ -76,7 +76,10 @@ def build_training_index(
     index: list[TrainingQuery] = []
     for qid in sorted(set(qrels) | set(candidates), key=_natural_key):
         if qid not in queries:
-            report.add("run/qrels entries for unknown queries")
+            report.add(
+                "run/qrels entries for unknown queries",
+                len(qrels.get(qid, {})) + len(candidates.get(qid, [])),
+            )
             continue
         judged_positive = {d for d, r in qrels.get(qid, {}).items() if r >= min_relevance}
         positives = tuple(d for d in sorted(judged_positive) if d in present)
