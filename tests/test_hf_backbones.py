@@ -388,3 +388,21 @@ def test_pretrained_minilm_from_package_folder() -> None:
     sim = emb @ emb.T  # the trained sentence embedding: related sentences close, unrelated far
     assert sim[0, 1] > 0.6 and sim[0, 2] < 0.2 and sim[1, 2] < 0.2
     assert 2e7 < backbone.flops_per_token(0) < 2.5e7
+
+
+def test_hub_code_runs_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trust_remote_code stays False unless the config sets it: a checkpoint's own Python never runs."""
+    from lightning_rank.backbones import hf
+
+    make("bert").save_pretrained(tmp_path)
+    seen = []
+    real = hf.AutoModel.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf.AutoModel, "from_pretrained", spy)
+    BertBackbone(pretrained=str(tmp_path))
+    BertBackbone(pretrained=str(tmp_path), trust_remote_code=True)
+    assert seen == [False, True]
