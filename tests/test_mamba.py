@@ -585,27 +585,32 @@ def test_kernel_path_plumbing_with_reference_kernels_on_cpu(
 @pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA and mamba_ssm + causal_conv1d")
 @pytest.mark.parametrize(("cls", "overrides"), CASES)
 def test_kernel_path_matches_torch_path_bf16(cls: type[_MambaBackbone], overrides: dict) -> None:
-    """Fused kernels vs the PyTorch path, same weights: scores and gradients in bf16 autocast."""
+    """Fused kernels under bf16 autocast are as close to the fp32 PyTorch path as the PyTorch path under bf16
+    autocast is (scores and every gradient). Comparing the two bf16 paths with each other instead mistakes
+    rounding for a bug: on an H100 they differed by 2.1% on the embedding gradient."""
     model = tiny(cls, sizes=KERNEL_SIZES, overrides=overrides).cuda().train()
     ids, mask = (t.cuda() for t in batch(model, PAIRS))
-    results = {}
-    for mode in ("always", "never"):
+
+    def run(mode: str, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
         model.backbone.use_kernels = mode
         model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             out = scores(model, ids, mask)
         out.float().pow(2).sum().backward()
         grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[mode] = (out.float().detach(), grads)
+        return out.float().detach(), grads
 
     def rel(a: Tensor, b: Tensor) -> float:
         return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()
 
-    (kernel_out, kernel_grads), (torch_out, torch_grads) = results["always"], results["never"]
-    assert rel(kernel_out, torch_out) <= 1e-2
-    assert kernel_grads.keys() == torch_grads.keys()
-    for name, grad in torch_grads.items():
-        assert rel(kernel_grads[name], grad) <= 1e-2, name
+    reference_out, reference_grads = run("never", bf16=False)
+    kernel_out, kernel_grads = run("always", bf16=True)
+    torch_out, torch_grads = run("never", bf16=True)
+    assert rel(kernel_out, reference_out) <= 2 * rel(torch_out, reference_out) + 2e-3
+    assert kernel_grads.keys() == reference_grads.keys()
+    for name, reference in reference_grads.items():
+        bound = 2 * rel(torch_grads[name], reference) + 2e-3
+        assert rel(kernel_grads[name], reference) <= bound, name
 
 
 @pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA and mamba_ssm + causal_conv1d")
