@@ -136,6 +136,9 @@ def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
     logging.getLogger("ir_datasets").setLevel(logging.WARNING)
     # main() hands LightningCLI the argv it was started with: the "both args and sys.argv" warning is moot
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
+    # The training stream's __len__ is exact per rank and worker (it shards itself), unlike the generic case
+    # Lightning warns about.
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     try:
         return LightningRankCLI(args=list(args))
     except NonFiniteLossError as err:
