@@ -84,9 +84,12 @@ def _describe_yaml_error(path: str, err: yaml.MarkedYAMLError) -> str:
     )
 
 
-def backbone_from_argv(argv: Sequence[str]) -> str | None:
-    """The backbone a command line selects (last one wins, as in LightningCLI), or None if unknown here."""
-    value = _option_from_argv(argv, "model", "backbone", {p: _safe_load(p) for p in config_paths(argv)})
+def backbone_from_argv(argv: Sequence[str], configs: dict[str, Any] | None = None) -> str | None:
+    """The backbone a command line selects (last one wins, as in LightningCLI), or None if unknown here.
+    ``configs``: the ``--config`` files already loaded (path -> content); read here otherwise."""
+    if configs is None:
+        configs = {p: _safe_load(p) for p in config_paths(argv)}
+    value = _option_from_argv(argv, "model", "backbone", configs)
     return value if isinstance(value, str) and value else None
 
 
@@ -126,8 +129,8 @@ def check_argv(argv: Sequence[str]) -> None:
     """Fail fast on malformed ``--config`` files (:class:`ConfigError`), a backbone that is not installed
     (``UnknownBackboneError``) and a group size below 2 (:class:`ConfigError`)."""
     configs = {path: load_config(path) for path in config_paths(argv)}
-    backbone = _option_from_argv(argv, "model", "backbone", configs)
-    if isinstance(backbone, str) and backbone:
+    backbone = backbone_from_argv(argv, configs)
+    if backbone is not None:
         check_backbone_name(backbone)
     group_size = _option_from_argv(argv, "data", "group_size", configs)
     try:

@@ -33,10 +33,6 @@ class DocumentLookup:
         """Texts of the ids found; missing ids are simply absent."""
         return {d: doc.default_text() for d, doc in self._docstore().get_many(list(doc_ids)).items()}
 
-    def existing(self, doc_ids: Iterable[str]) -> set[str]:
-        """The subset of ``doc_ids`` that the corpus holds (one bulk lookup; builds the docstore once)."""
-        return set(self._docstore().get_many(list(doc_ids)))
-
     def existing_and_empty(self, doc_ids: Iterable[str]) -> tuple[set[str], set[str]]:
         """The ids the corpus holds, and those of them whose text is empty or blank (one bulk lookup)."""
         found = self._docstore().get_many(list(doc_ids))
