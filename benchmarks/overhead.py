@@ -46,7 +46,7 @@ def plain_loop(config: str, steps: int, warmup: int) -> float:
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     loader._epoch_fn, loader._shard_fn = (lambda: 0), (lambda: (0, 1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=model.hparams.lr)
+    optimizer = model.default_optimizer()  # what configure_optimizers builds for `fit`
     model.train()
     tokens, start, step = 0, 0.0, 0
     while step < steps:
