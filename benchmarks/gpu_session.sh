@@ -2,10 +2,12 @@
 # The GPU measurements of benchmarks/RESULTS.md, phase by phase, on a machine like ../shared/gpu/README.md's
 # (torch + lightning + transformers installed, no registry). Run from the project root:
 #   bash benchmarks/gpu_session.sh setup      # carried wheels (.whl/) + this package; starts the kernel build
+#   bash benchmarks/gpu_session.sh gpu-tests  # GPU-only tests that need no kernels (CUDA graphs, profiler, NaN)
 #   bash benchmarks/gpu_session.sh hf         # throughput harness, transformer backbones (no kernels needed)
+#   bash benchmarks/gpu_session.sh hf-graphs  # the same with model.cuda_graphs (dense and realistic)
 #   bash benchmarks/gpu_session.sh fsdp       # FSDP preset: fit of a tiny and a 130M-class backbone
 #   bash benchmarks/gpu_session.sh kernels    # waits for the build; kernel parity tests; Mamba speed study
-#   bash benchmarks/gpu_session.sh mamba      # throughput harness, Mamba backbones
+#   bash benchmarks/gpu_session.sh mamba      # throughput harness, Mamba backbones, eager and CUDA graphs
 # Logs go to $OUT (or ./gpu-out). .whl/ holds our dependencies missing there (ir_datasets, ir_measures,
 # jsonargparse, omegaconf, bm25s, ...) as cp312 manylinux wheels: see CONTRIBUTING.md.
 set -uo pipefail
@@ -31,9 +33,19 @@ setup)
         echo "kernel build started"
     fi
     ;;
+gpu-tests)
+    run python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_throughput.py \
+        tests/test_resume.py -k "gpu or graph" 2>&1 | tail -30 | tee "$OUT/pytest-gpu.txt"
+    ;;
 hf)
-    run python3 benchmarks/throughput.py --backbones bert roberta pythia llama --json "$OUT/throughput-hf.json" \
+    run python3 benchmarks/throughput.py --backbones ${HF_BACKBONES:-bert roberta pythia llama} \
+        --shapes ${SHAPES:-dense realistic} --json "$OUT/throughput-hf.json" \
         2>&1 | grep -v -i warn | tee "$OUT/throughput-hf.txt"
+    ;;
+hf-graphs)
+    run python3 benchmarks/throughput.py --backbones ${HF_BACKBONES:-bert roberta pythia} --tasks train \
+        --cuda-graphs --pad-to-multiple-of 32 --shapes ${SHAPES:-dense realistic} \
+        --json "$OUT/throughput-hf-graphs.json" 2>&1 | grep -v -i warn | tee "$OUT/throughput-hf-graphs.txt"
     ;;
 fsdp)
     common=(--config configs/demo.yaml --config configs/strategy/fsdp.yaml --trainer.devices 1
@@ -55,13 +67,22 @@ fsdp-mamba)
 kernels)
     for _ in $(seq 120); do [ -f /tmp/kbuild/done ] && break; sleep 5; done
     cat /tmp/kbuild/status
-    run python3 -m pytest -q -p no:cacheprovider tests/test_mamba.py 2>&1 | tail -15 | tee "$OUT/pytest-mamba-gpu.txt"
-    run python3 benchmarks/mamba_speed.py --variants m1 m2 m2-c128 m2-torchnorm m2-torch m1+cnorm \
-        m2-torchnorm+cnorm --profile m2 m2-torchnorm 2>&1 | grep -v -i warn | tee "$OUT/mamba-speed.txt"
+    run python3 -m pytest -q -p no:cacheprovider tests/test_mamba.py tests/test_cuda_graphs.py 2>&1 | tail -20 \
+        | tee "$OUT/pytest-mamba-gpu.txt"
+    ;;
+mamba-speed)
+    run python3 benchmarks/mamba_speed.py --variants m1 m2 m1+graph m2+graph 2>&1 | grep -v -i warn \
+        | tee "$OUT/mamba-speed.txt"
     ;;
 mamba)
-    run python3 benchmarks/throughput.py --backbones mamba1 mamba2 --json "$OUT/throughput-mamba.json" \
-        ${MAMBA2_ARGS:+--backbone-args "$MAMBA2_ARGS"} 2>&1 | grep -v -i warn | tee "$OUT/throughput-mamba.txt"
+    for graphs in "" --cuda-graphs; do
+        run python3 benchmarks/throughput.py --backbones mamba1 mamba2 --tasks train --shapes dense $graphs \
+            --json "$OUT/throughput-mamba${graphs:+-graphs}.json" 2>&1 | grep -v -i warn \
+            | tee "$OUT/throughput-mamba${graphs:+-graphs}.txt"
+    done
+    run python3 benchmarks/throughput.py --backbones mamba1 mamba2 --tasks train --shapes realistic \
+        --cuda-graphs --pad-to-multiple-of 32 --json "$OUT/throughput-mamba-realistic.json" 2>&1 \
+        | grep -v -i warn | tee "$OUT/throughput-mamba-realistic.txt"
     ;;
 *)
     echo "unknown phase $1" >&2

@@ -93,11 +93,13 @@ class Measurement:
 # ------------------------------------------------------------------------------------------------ batches
 
 
-def build_module(name: str, size: str, device: torch.device, extra: dict[str, Any]) -> RerankerModule:
+def build_module(
+    name: str, size: str, device: torch.device, extra: dict[str, Any], cuda_graphs: bool = False
+) -> RerankerModule:
     torch.manual_seed(0)
     args = {"config": dict(SIZES[size][name]), "tokenizer": "builtin:words", **extra.get(name, {})}
     with device:  # initialise on the device: a 1B model's CPU init alone takes many seconds
-        return RerankerModule(backbone=name, backbone_args=args)
+        return RerankerModule(backbone=name, backbone_args=args, cuda_graphs=cuda_graphs)
 
 
 def _pair(
@@ -111,7 +113,14 @@ def _pair(
 
 
 def make_batches(
-    module: RerankerModule, shape: str, count: int, sequences: int, length: int, buckets: int, seed: int
+    module: RerankerModule,
+    shape: str,
+    count: int,
+    sequences: int,
+    length: int,
+    buckets: int,
+    seed: int,
+    pad_to_multiple_of: int | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` distinct batches of ``sequences`` pairs (groups of 8, positive first), collated on CPU."""
     backbone = module.backbone
@@ -121,6 +130,7 @@ def make_batches(
         backbone.template,
         max_length=length,
         length_buckets=buckets if shape != "dense" else 1,
+        pad_to_multiple_of=pad_to_multiple_of,
     )
     rng = random.Random(seed)
     out = []
@@ -225,7 +235,7 @@ def plain_train(module: RerankerModule, batches, device, precision, warmup, step
         loss.backward()
         optimizer.step()
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not module.hparams.cuda_graphs)  # as RerankerModule does
         if i + 1 == warmup:
             start = _sync(device)
     return _sync(device) - start, _peak(device)
@@ -296,12 +306,15 @@ def lightning_rerank(module, batches, device, precision, warmup, steps):
 
 def measure(args: argparse.Namespace, name: str, shape: str, device: torch.device) -> list[Measurement]:
     extra = json.loads(args.backbone_args)
-    factory: Callable[[], RerankerModule] = lambda: build_module(name, args.size, device, extra)  # noqa: E731
+    factory: Callable[[], RerankerModule] = lambda: build_module(  # noqa: E731
+        name, args.size, device, extra, args.cuda_graphs
+    )
     probe = factory()
     params = sum(p.numel() for p in probe.parameters()) / 1e6
     train_sequences = args.batch if shape == "dense" else args.realistic_batch
-    train = make_batches(probe, shape, 4, train_sequences, args.length, args.buckets, seed=1)
-    rerank = make_batches(probe, shape, 4, 2 * train_sequences, args.length, args.buckets, seed=2)
+    pad = args.pad_to_multiple_of
+    train = make_batches(probe, shape, 4, train_sequences, args.length, args.buckets, 1, pad)
+    rerank = make_batches(probe, shape, 4, 2 * train_sequences, args.length, args.buckets, 2, pad)
     del probe
     results = []
 
@@ -401,6 +414,10 @@ def main() -> None:
     parser.add_argument("--rerank-warmup", type=int, default=4)
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, 32-true on CPU")
     parser.add_argument("--no-profiler", action="store_true", help="fit without TokensPerSecond")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="model.cuda_graphs in both loops (training, CUDA only)"
+    )
+    parser.add_argument("--pad-to-multiple-of", type=int, default=None, help="collator padding multiple")
     parser.add_argument("--backbone-args", default="{}", help='JSON per backbone, e.g. {"mamba2": {...}}')
     parser.add_argument("--json", help="also write the measurements to this JSON file")
     args = parser.parse_args()
@@ -418,7 +435,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     console.print(
         table(results, f"{device_name}, {args.size} sizes, {args.precision}, dense B={args.batch} "
-              f"L={args.length}, realistic {args.realistic_batch} pairs, {args.steps} steps after warm-up")
+              f"L={args.length}, realistic {args.realistic_batch} pairs / {args.buckets} buckets, "
+              f"{args.steps} steps after warm-up{', CUDA graphs' if args.cuda_graphs else ''}")
     )  # fmt: skip
     console.print(markdown(results), soft_wrap=True, markup=False)
     if args.json:

@@ -20,6 +20,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.registry import build_backbone
+from lightning_rank.cuda_graphs import TrainingGraphs, check_cuda_graphs
+from lightning_rank.finite_loss import FiniteLossGuard, LossOrigin
 from lightning_rank.lora import LoraSettings, add_lora
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import RankingMetrics, parse_measures
@@ -28,7 +30,7 @@ DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; raised before the step is applied or checkpointed."""
+    """The training loss became NaN or infinite; raised before any checkpoint holds the damage."""
 
 
 class RerankerModule(pl.LightningModule):
@@ -52,6 +54,8 @@ class RerankerModule(pl.LightningModule):
         frozen: Sequence[str] = (),
         lora: LoraSettings | None = None,
         stop_on_nonfinite_loss: bool = True,
+        cuda_graphs: bool = False,
+        cuda_graph_limit: int = 24,
     ) -> None:
         """
         Args:
@@ -71,8 +75,14 @@ class RerankerModule(pl.LightningModule):
             lora: train LoRA adapters (peft) instead of the backbone's weights, e.g. ``{r: 16}``; target
                 modules default per backbone. Exports merge the adapters into plain weights.
             stop_on_nonfinite_loss: stop training at the first NaN/inf loss, naming the step and the
-                batch's query ids, before the step is applied, so the last checkpoint stays the last good
-                one (costs one host-device sync per step on a GPU).
+                batch's query ids; the last checkpoint stays the last good one. On a CPU before the step is
+                applied; on a GPU a step or two later (the check waits for no kernel), but always before the
+                next checkpoint is written.
+            cuda_graphs: capture the training forward and backward as CUDA graphs, one per input shape,
+                and replay them (no kernel-launch overhead: the lever for launch-bound models such as
+                mamba_ssm's Mamba-2). Each graph keeps its activations: bound the shapes with
+                ``data.pad_to_multiple_of``. One GPU or DDP; not with FSDP. Validation runs eagerly.
+            cuda_graph_limit: most graphs kept; shapes beyond run eagerly, with a warning.
         """
         super().__init__()
         if isinstance(lora, dict):  # as stored in a checkpoint's hyper-parameters
@@ -94,6 +104,8 @@ class RerankerModule(pl.LightningModule):
         self.train()
         parse_measures(self.measures)  # unknown measure names fail here, before any data is read
         self._metrics: dict[str, RankingMetrics] = {}
+        self._graphs: TrainingGraphs | None = None
+        self._guard = FiniteLossGuard(self._raise_nonfinite)
 
     def _freeze(self, patterns: Sequence[str]) -> None:
         for pattern in patterns:
@@ -107,6 +119,9 @@ class RerankerModule(pl.LightningModule):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """One relevance score per row of the batch (fp32); length buckets are scored separately and
         their scores put back in row order."""
+        graphs = self._training_graphs()
+        if graphs is not None:
+            graphs.start_step()
         if "buckets" not in batch:
             return self._score(batch)
         n = sum(len(b["rows"]) for b in batch["buckets"])
@@ -117,40 +132,81 @@ class RerankerModule(pl.LightningModule):
         return scores
 
     def _score(self, batch: dict[str, Any]) -> Tensor:
-        hidden = self.backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        pooled = self.backbone.pool(hidden, batch["attention_mask"])
+        tensors = [batch["input_ids"], batch["attention_mask"]]
+        if batch.get("token_type_ids") is not None:
+            tensors.append(batch["token_type_ids"])
+        graphs = self._graphs if self.training and torch.is_grad_enabled() else None
+        return (graphs or self._score_tensors)(*tensors)
+
+    def _score_tensors(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids)
+        pooled = self.backbone.pool(hidden, attention_mask)
         with torch.autocast(device_type=pooled.device.type, enabled=False):
             # fp32 unless a strategy casts the parameters themselves (FSDP mixed precision: bf16 head)
             return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    # -- CUDA graphs (model.cuda_graphs) ---------------------------------------------------------------------
+    def _training_graphs(self) -> TrainingGraphs | None:
+        """The graph cache when training with ``cuda_graphs`` (built on first use), else None."""
+        if not (self.hparams.get("cuda_graphs") and self.training and torch.is_grad_enabled()):
+            return None
+        if self._graphs is None:
+            self._check_cuda_graphs()
+            self._graphs = TrainingGraphs(self, self._score_tensors, limit=self.hparams.cuda_graph_limit)
+        return self._graphs
+
+    def _check_cuda_graphs(self) -> None:
+        check_cuda_graphs(self.device, self._trainer.strategy if self._trainer is not None else None)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.get("cuda_graphs") and stage == "fit":
+            self._check_cuda_graphs()  # before any data is read, not at the first step
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # CUDA graphs write gradients into static buffers: keep .grad allocated and zero it in place
+        optimizer.zero_grad(set_to_none=not self.hparams.get("cuda_graphs"))
 
     # -- training ----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labels = batch["labels"]
         scores = self(batch).view_as(labels)
         loss = self.loss(scores, labels, batch.get("teacher_scores"))
-        if self.hparams.get("stop_on_nonfinite_loss", True) and not torch.isfinite(loss):
-            raise NonFiniteLossError(self._nonfinite_message(loss, batch))
+        if self.hparams.get("stop_on_nonfinite_loss", True):
+            self._guard.watch(loss, self._batch_where(batch))
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.size(0))
         return loss
 
-    def _nonfinite_message(self, loss: Tensor, batch: dict[str, Any]) -> str:
+    def _batch_where(self, batch: dict[str, Any]) -> LossOrigin:
         trainer = self.trainer
-        queries = batch.get("query_ids") or []
-        shown = ", ".join(map(str, queries[:20])) + (
-            f" (+{len(queries) - 20} more)" if len(queries) > 20 else ""
+        step, epoch, rank = trainer.global_step, trainer.current_epoch, trainer.global_rank
+        return LossOrigin(step, epoch, rank, batch.get("query_ids"))
+
+    def _raise_nonfinite(self, value: float, origin: LossOrigin, late: bool) -> None:
+        trainer = self.trainer
+        shown = ", ".join(map(str, origin.queries[:20])) + (
+            f" (+{len(origin.queries) - 20} more)" if len(origin.queries) > 20 else ""
         )
         callback = trainer.checkpoint_callback
         last = (getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")) or None
         kept = f"the last checkpoint, {last}, is kept as it was" if last else "no checkpoint was written yet"
-        return (
-            f"training loss is {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-            f"queries of this batch on rank {trainer.global_rank}: {shown or 'unknown'}. Stopped before the "
-            f"step was applied; {kept}. Try a lower --model.lr, --trainer.gradient_clip_val 1.0, or "
-            "--trainer.precision bf16-mixed instead of 16-mixed; resume with --ckpt_path last"
+        when = (
+            f"Found at step {trainer.global_step} (on a GPU the loss is checked without stalling each step), "
+            "before any later checkpoint was written"
+            if late
+            else "Stopped before the step was applied"
+        )
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {origin.step} (epoch {origin.epoch}); queries of this batch "
+            f"on rank {origin.rank}: {shown or 'unknown'}. {when}; {kept}. Try a lower --model.lr, "
+            "--trainer.gradient_clip_val 1.0, or --trainer.precision bf16-mixed instead of 16-mixed; resume "
+            "with --ckpt_path last"
         )
 
     # -- exact resume: RNG states travel in the checkpoint ---------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._guard.check(wait=True)  # a checkpoint never holds weights a non-finite loss has touched
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -161,6 +217,12 @@ class RerankerModule(pl.LightningModule):
         # stream would restart at the epoch's first batch. Applied in on_train_start (twice is harmless).
         fit_state = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
         self._stream_states = fit_state.get("combined_loader") or []
+
+    def on_train_epoch_end(self) -> None:
+        self._guard.check(wait=True)
+
+    def on_train_end(self) -> None:
+        self._guard.check(wait=True)
 
     def on_train_start(self) -> None:
         states, self._stream_states = getattr(self, "_stream_states", []), []

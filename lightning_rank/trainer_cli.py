@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
+from lightning_rank.cuda_graphs import CudaGraphError, check_cuda_graphs
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.metrics import atomic_write_lines
 from lightning_rank.module import NonFiniteLossError, RerankerModule
@@ -105,6 +106,8 @@ class LightningRankCLI(LightningCLI):
         return bool(self.config[self.subcommand].get(name, False))
 
     def before_fit(self) -> None:
+        if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved
+            check_cuda_graphs(self.trainer.strategy.root_device, self.trainer.strategy)
         if self._flag("validate_before_fit"):
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
 
@@ -131,8 +134,8 @@ class LightningRankCLI(LightningCLI):
 
 
 def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
-    """Run a trainer subcommand; a non-finite loss or an out-of-memory error ends it with one clear message
-    and exit status 1 (checkpoints already written are left as they are)."""
+    """Run a trainer subcommand; a non-finite loss, an out-of-memory error or a CUDA graph that cannot run
+    ends it with one clear message and exit status 1 (checkpoints already written are left as they are)."""
     logging.getLogger("ir_datasets").setLevel(logging.WARNING)
     # main() hands LightningCLI the argv it was started with: the "both args and sys.argv" warning is moot
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended")
@@ -141,7 +144,7 @@ def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     try:
         return LightningRankCLI(args=list(args))
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, CudaGraphError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except torch.OutOfMemoryError as err:

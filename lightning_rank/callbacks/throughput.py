@@ -46,6 +46,21 @@ def _batch_counts(batch: Any) -> tuple[int, int, int] | None:
     return None
 
 
+#: A point in time: ``time.perf_counter()`` seconds, or a CUDA event recorded on the current stream (read back
+#: only when a rate is computed, so that measuring adds no host-device synchronisation to the step).
+_Mark = float | torch.cuda.Event
+
+
+def _seconds(start: _Mark, end: _Mark) -> float:
+    """Seconds from ``start`` to ``end``, strictly positive (as Throughput requires)."""
+    if isinstance(start, float) and isinstance(end, float):
+        seconds = end - start
+    else:
+        end.synchronize()  # only waits when the GPU has not reached `end` yet
+        seconds = start.elapsed_time(end) / 1000.0
+    return max(seconds, 1e-9)
+
+
 class _Clock:
     """Measured time of one loop: the sum of batch-end to batch-end intervals, less warm-up steps and pauses.
 
@@ -56,9 +71,8 @@ class _Clock:
 
     def __init__(self, warmup_steps: int) -> None:
         self.warmup_steps = warmup_steps
-        self.elapsed = 0.0
         self.steps = 0
-        self._last: float | None = None
+        self._last: _Mark | None = None
 
     @property
     def paused(self) -> bool:
@@ -67,21 +81,40 @@ class _Clock:
     def pause(self) -> None:
         self._last = None
 
-    def start(self, now: float) -> None:
+    def start(self, now: _Mark) -> None:
         if self._last is None:
             self._last = now
 
-    def stop(self, now: float) -> bool:
-        """Ends a batch at ``now``; True when it is measured (its interval was added to ``elapsed``).
+    def stop(self, now: _Mark) -> tuple[_Mark, _Mark] | None:
+        """Ends a batch at ``now``; its interval ``(start, end)`` when it is measured, else None.
 
         The decision depends only on step counts and pauses, never on timing, so all ranks agree on it.
         """
         self.steps += 1
         last, self._last = self._last, now
         if last is None or self.steps <= self.warmup_steps:
-            return False
-        self.elapsed += max(now - last, 1e-9)  # strictly increasing, as Throughput requires
-        return True
+            return None
+        return last, now
+
+
+class _Intervals:
+    """A sum of measured intervals, read back lazily: old ones (long done on the GPU) in chunks, the rest at
+    the end, so a long evaluation neither synchronises per batch nor holds an event per batch."""
+
+    def __init__(self) -> None:
+        self._done = 0.0
+        self._open: list[tuple[_Mark, _Mark]] = []
+
+    def add(self, interval: tuple[_Mark, _Mark]) -> None:
+        self._open.append(interval)
+        if len(self._open) >= 256:
+            old, self._open = self._open[:128], self._open[128:]
+            self._done += sum(_seconds(*i) for i in old)
+
+    def seconds(self) -> float:
+        self._done += sum(_seconds(*i) for i in self._open)
+        self._open = []
+        return self._done
 
 
 class TokensPerSecond(Callback):
@@ -105,7 +138,8 @@ class TokensPerSecond(Callback):
       per batch (forward + backward), averaged per device.
 
     Time is wall time from batch end to batch end (data loading included), with the first ``warmup_steps``
-    batches, validation runs and epoch boundaries left out. CUDA is synchronised before each clock read.
+    batches, validation runs and epoch boundaries left out. On CUDA the clock is a CUDA event recorded at each
+    batch end (when the GPU got there), read back only when a rate is logged: no per-step synchronisation.
     Counts are reduced once per logging step (one small all-reduce), not per batch.
 
     Validation, test and predict runs log ``val/``, ``test/`` and ``predict/`` ``tokens_per_sec``,
@@ -144,12 +178,13 @@ class TokensPerSecond(Callback):
         self._warned: set[str] = set()
         # training state, reset in on_train_start
         self._clock = _Clock(warmup_steps)
-        self._pending: deque[tuple[float, list[int]]] = deque(maxlen=window_size + 1)
+        self._pending: deque[tuple[tuple[_Mark, _Mark], list[int]]] = deque(maxlen=window_size + 1)
+        self._elapsed = 0.0  # measured training seconds so far
         self._totals = [0, 0, 0, 0]  # measured batches, real tokens, padded tokens, sequences (all ranks)
         self._real = Throughput(window_size=window_size + 1)
         self._padded = Throughput(window_size=window_size + 1)
         # evaluation state per stage: clock and local [real, padded, sequences]
-        self._eval: dict[RunningStage, tuple[_Clock, list[int]]] = {}
+        self._eval: dict[RunningStage, tuple[_Clock, list[int], _Intervals]] = {}
 
     # ---------------------------------------------------------------- setup
 
@@ -172,10 +207,14 @@ class TokensPerSecond(Callback):
             self._warned.add(key)
             rank_zero_warn(message)
 
-    def _now(self, trainer: Trainer) -> float:
+    def _now(self, trainer: Trainer) -> _Mark:
+        """Now, as the device sees it: on CUDA an event that completes when the queued kernels have run
+        (reading the host clock would time the launches, and synchronising would stall the host)."""
         device = trainer.strategy.root_device
         if device.type == "cuda":
-            torch.cuda.synchronize(device)  # otherwise the clock reads before the queued kernels ran
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(device))
+            return event
         return time.perf_counter()
 
     def _counts(self, batch: Any) -> tuple[int, int, int] | None:
@@ -207,6 +246,7 @@ class TokensPerSecond(Callback):
         window = self.window_size + 1
         self._clock = _Clock(self.warmup_steps)
         self._pending = deque(maxlen=window)
+        self._elapsed = 0.0
         self._totals = [0, 0, 0, 0]
         self._real = Throughput(window_size=window)
         self._padded = Throughput(available_flops=self.available_flops, window_size=window)
@@ -233,11 +273,9 @@ class TokensPerSecond(Callback):
         counts = self._counts(batch)
         if counts is None:
             self._clock.pause()
-        elif self._clock.stop(now):
+        elif (interval := self._clock.stop(now)) is not None:
             real, padded, sequences = counts
-            self._pending.append(
-                (self._clock.elapsed, [real, padded, sequences, self._train_flops(padded, sequences)])
-            )
+            self._pending.append((interval, [real, padded, sequences, self._train_flops(padded, sequences)]))
 
         if trainer.fit_loop._should_accumulate():
             return  # log when the optimizer step is done, as Lightning does
@@ -264,7 +302,9 @@ class TokensPerSecond(Callback):
         if trainer.world_size > 1:
             local = torch.tensor(rows, dtype=torch.int64, device=trainer.strategy.root_device)
             rows = trainer.strategy.reduce(local, reduce_op="sum").tolist()
-        for (elapsed, _), (real, padded, sequences, flops) in zip(self._pending, rows, strict=True):
+        for (interval, _), (real, padded, sequences, flops) in zip(self._pending, rows, strict=True):
+            self._elapsed += _seconds(*interval)
+            elapsed = self._elapsed
             totals = self._totals
             totals[0] += 1
             totals[1] += real
@@ -310,7 +350,7 @@ class TokensPerSecond(Callback):
             self._clock.pause()  # validation time is not training time
         stage = trainer.state.stage
         if stage in _EVAL_PREFIX:
-            self._eval[stage] = (_Clock(self.warmup_steps), [0, 0, 0])
+            self._eval[stage] = (_Clock(self.warmup_steps), [0, 0, 0], _Intervals())
 
     def _eval_batch_start(self, trainer: Trainer) -> None:
         state = self._eval.get(trainer.state.stage)  # type: ignore[arg-type]
@@ -321,12 +361,13 @@ class TokensPerSecond(Callback):
         state = self._eval.get(trainer.state.stage)  # type: ignore[arg-type]
         if state is None or trainer.sanity_checking:
             return
-        clock, totals = state
+        clock, totals, intervals = state
         now = self._now(trainer)
         counts = self._counts(batch)
         if counts is None:
             clock.pause()
-        elif clock.stop(now):
+        elif (interval := clock.stop(now)) is not None:
+            intervals.add(interval)
             for i, count in enumerate(counts):
                 totals[i] += count
 
@@ -335,8 +376,8 @@ class TokensPerSecond(Callback):
         state = self._eval.pop(stage, None)  # type: ignore[arg-type]
         if state is None or trainer.sanity_checking:
             return
-        clock, totals = state
-        elapsed = clock.elapsed
+        _, totals, intervals = state
+        elapsed = intervals.seconds()
         if trainer.world_size > 1:  # every rank gets here; the slowest rank sets the cluster's time
             device = trainer.strategy.root_device
             totals = trainer.strategy.reduce(torch.tensor(totals, device=device), reduce_op="sum").tolist()
