@@ -136,7 +136,7 @@ class RerankerModule(pl.LightningModule):
         if batch.get("token_type_ids") is not None:
             tensors.append(batch["token_type_ids"])
         graphs = self._graphs if self.training and torch.is_grad_enabled() else None
-        return (graphs or self._score_tensors)(*tensors)
+        return (self._score_tensors if graphs is None else graphs)(*tensors)
 
     def _score_tensors(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None

@@ -15,6 +15,8 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
 from lightning_rank.cuda_graphs import CudaGraphError, check_cuda_graphs
@@ -109,6 +111,14 @@ class LightningRankCLI(LightningCLI):
         if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved
             check_cuda_graphs(self.trainer.strategy.root_device, self.trainer.strategy)
         if self._flag("validate_before_fit"):
+            if isinstance(self.trainer.strategy, FSDPStrategy):
+                # validate() then fit() sets the model up twice; the second setup keeps the block units but
+                # drops the root unit, and the first checkpoint then fails deep inside FSDP.
+                rank_zero_warn(
+                    "--validate_before_fit is skipped under FSDP (a second model setup breaks FSDP "
+                    "checkpoints): run `lightning-rank validate` with the same configs first instead"
+                )
+                return
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
 
     def after_fit(self) -> None:

@@ -94,6 +94,7 @@ def test_fsdp_preset_combines_with_paper_configs(config: str) -> None:
     assert "class_path: lightning_rank.strategies.BackboneFSDPStrategy" in run.stdout
     assert "sharding_strategy: FULL_SHARD" in run.stdout and "precision: bf16-mixed" in run.stdout
     assert "inference_mode: false" in run.stdout
+    assert "validate_before_fit: false" in run.stdout
 
 
 def test_fsdp_preset_builds_through_the_cli_and_selects_the_demo_blocks() -> None:
@@ -106,6 +107,24 @@ def test_fsdp_preset_builds_through_the_cli_and_selects_the_demo_blocks() -> Non
     strategy = built.trainer.strategy
     assert isinstance(strategy, BackboneFSDPStrategy) and strategy.sharding_strategy.name == "FULL_SHARD"
     assert [c.__name__ for c in strategy.apply_backbone_policy(built.model)] == ["MambaBlock"]
+
+
+def test_validation_before_fit_is_skipped_under_fsdp_with_a_warning() -> None:
+    """validate() then fit() would set the FSDP model up twice, and its first checkpoint would fail (seen on
+    an H100): the CLI skips the pre-fit validation and says how to get those figures."""
+    from lightning_rank.trainer_cli import LightningRankCLI
+
+    built = LightningRankCLI(
+        args=["--config", DEMO, "--config", FSDP, "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+              "--validate_before_fit", "true"],
+        run=False,
+    )  # fmt: skip
+    built.subcommand = "fit"
+    built.config = {"fit": built.config}
+    with pytest.warns(
+        UserWarning, match="validate_before_fit is skipped under FSDP.*lightning-rank validate"
+    ):
+        built.before_fit()  # would run trainer.validate, which FSDP refuses on a CPU
 
 
 def _last_val(root: Path) -> dict[str, float]:
