@@ -52,9 +52,13 @@ def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(tmp_pa
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while (
-        not list(checkpoints.glob("*step=16*.ckpt")) and proc.poll() is None and time.monotonic() < deadline
-    ):
+
+    def last_holds_step_16() -> bool:
+        # ModelCheckpoint writes the step=16 file first and last.ckpt right after: wait for both
+        step16, last = list(checkpoints.glob("*step=16*.ckpt")), checkpoints / "last.ckpt"
+        return bool(step16) and last.exists() and last.stat().st_mtime_ns >= step16[0].stat().st_mtime_ns
+
+    while not last_holds_step_16() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no chance to save anything on the way out
     proc.wait()
