@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,10 +26,7 @@ class LossOrigin:
     step: int
     epoch: int
     rank: int
-    queries: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "queries", list(self.queries or []))
+    queries: Sequence[str] = ()
 
 
 #: on_nonfinite(value, origin, late): raises; ``late`` says the step(s) after it were already queued

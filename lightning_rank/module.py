@@ -123,19 +123,19 @@ class RerankerModule(pl.LightningModule):
         if graphs is not None:
             graphs.start_step()
         if "buckets" not in batch:
-            return self._score(batch)
+            return self._score(batch, graphs)
         n = sum(len(b["rows"]) for b in batch["buckets"])
-        parts = [(b["rows"], self._score(b)) for b in batch["buckets"]]
+        parts = [(b["rows"], self._score(b, graphs)) for b in batch["buckets"]]
         scores = parts[0][1].new_empty(n)
         for rows, part in parts:
             scores[rows] = part
         return scores
 
-    def _score(self, batch: dict[str, Any]) -> Tensor:
+    def _score(self, batch: dict[str, Any], graphs: TrainingGraphs | None = None) -> Tensor:
+        """Scores of one (bucket of a) batch, through ``graphs`` when training with CUDA graphs."""
         tensors = [batch["input_ids"], batch["attention_mask"]]
         if batch.get("token_type_ids") is not None:
             tensors.append(batch["token_type_ids"])
-        graphs = self._graphs if self.training and torch.is_grad_enabled() else None
         return (self._score_tensors if graphs is None else graphs)(*tensors)
 
     def _score_tensors(
@@ -153,16 +153,10 @@ class RerankerModule(pl.LightningModule):
         if not (self.hparams.get("cuda_graphs") and self.training and torch.is_grad_enabled()):
             return None
         if self._graphs is None:
-            self._check_cuda_graphs()
+            # the CLI checks before fit; this covers the Python API and hand-written loops
+            check_cuda_graphs(self.device, self._trainer.strategy if self._trainer is not None else None)
             self._graphs = TrainingGraphs(self, self._score_tensors, limit=self.hparams.cuda_graph_limit)
         return self._graphs
-
-    def _check_cuda_graphs(self) -> None:
-        check_cuda_graphs(self.device, self._trainer.strategy if self._trainer is not None else None)
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.get("cuda_graphs") and stage == "fit":
-            self._check_cuda_graphs()  # before any data is read, not at the first step
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         # CUDA graphs write gradients into static buffers: keep .grad allocated and zero it in place
@@ -181,7 +175,7 @@ class RerankerModule(pl.LightningModule):
     def _batch_where(self, batch: dict[str, Any]) -> LossOrigin:
         trainer = self.trainer
         step, epoch, rank = trainer.global_step, trainer.current_epoch, trainer.global_rank
-        return LossOrigin(step, epoch, rank, batch.get("query_ids"))
+        return LossOrigin(step, epoch, rank, batch.get("query_ids") or [])
 
     def _raise_nonfinite(self, value: float, origin: LossOrigin, late: bool) -> None:
         trainer = self.trainer

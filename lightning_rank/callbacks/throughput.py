@@ -183,7 +183,7 @@ class TokensPerSecond(Callback):
         self._totals = [0, 0, 0, 0]  # measured batches, real tokens, padded tokens, sequences (all ranks)
         self._real = Throughput(window_size=window_size + 1)
         self._padded = Throughput(window_size=window_size + 1)
-        # evaluation state per stage: clock and local [real, padded, sequences]
+        # evaluation state per stage: clock, local [real, padded, sequences], measured intervals
         self._eval: dict[RunningStage, tuple[_Clock, list[int], _Intervals]] = {}
 
     # ---------------------------------------------------------------- setup
