@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_session.sh gpu-tests  # GPU-only tests that need no kernels (CUDA graphs, profiler, NaN)
 #   bash benchmarks/gpu_session.sh hf         # throughput harness, transformer backbones (no kernels needed)
 #   bash benchmarks/gpu_session.sh hf-graphs  # the same with model.cuda_graphs (dense and realistic)
-#   bash benchmarks/gpu_session.sh fsdp       # FSDP preset: fit of a tiny and a 130M-class backbone
+#   bash benchmarks/gpu_session.sh fsdp       # FSDP preset: fit of a tiny and a 130M-class backbone; FSDP2 tiny
 #   bash benchmarks/gpu_session.sh kernels    # waits for the build; kernel parity tests; Mamba speed study
 #   bash benchmarks/gpu_session.sh mamba      # throughput harness, Mamba backbones, eager and CUDA graphs
 # Logs go to $OUT (or ./gpu-out). .whl/ holds our dependencies missing there (ir_datasets, ir_measures,
@@ -55,6 +55,10 @@ fsdp)
         --model.backbone_args '{"tokenizer": "builtin:words", "config": {"hidden_size": 768,
             "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}}' \
         2>&1 | grep -v -i warn | tail -25 | tee "$OUT/fsdp-pythia160m.txt"
+    fsdp2=(--config configs/demo.yaml --config configs/strategy/fsdp2.yaml --trainer.devices 1
+           --trainer.enable_progress_bar false --trainer.default_root_dir /tmp/fsdp2-runs)
+    run lightning-rank fit "${fsdp2[@]}" --trainer.max_epochs 2 2>&1 | grep -v -i warn | tail -12 \
+        | tee "$OUT/fsdp2-tiny.txt"
     ;;
 fsdp-mamba)
     common=(--config configs/demo.yaml --config configs/strategy/fsdp.yaml --trainer.devices 1

@@ -28,14 +28,14 @@ class CudaGraphError(RuntimeError):
 
 def check_cuda_graphs(device: torch.device, strategy: object | None = None) -> None:
     """Raise :class:`CudaGraphError` naming the fix when training graphs cannot run on ``device``."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     if device.type != "cuda":
         raise CudaGraphError(
             f"model.cuda_graphs needs a CUDA device, but training runs on {device.type}: train on a GPU "
             "(--trainer.accelerator gpu) or drop --model.cuda_graphs"
         )
-    if isinstance(strategy, FSDPStrategy):
+    if isinstance(strategy, FSDPStrategy | ModelParallelStrategy):
         raise CudaGraphError(
             "model.cuda_graphs does not work with FSDP (its all-gathers run inside each forward): drop "
             "--model.cuda_graphs or use the DDP strategy"

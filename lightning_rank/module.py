@@ -99,6 +99,13 @@ class RerankerModule(pl.LightningModule):
         self._freeze(frozen)
         if lora is not None:
             add_lora(self.backbone, lora)
+        # Decided on the unsharded model: FSDP replaces parameters (dropping `_no_weight_decay`) and FSDP1
+        # flattens them (every shard is 1-D), after which neither the marks nor the shapes tell.
+        self._no_decay_names = {
+            name
+            for name, param in self.named_parameters()
+            if param.ndim < 2 or "norm" in name.lower() or getattr(param, "_no_weight_decay", False)
+        }
         # transformers' from_pretrained returns modules in eval mode and Lightning keeps each module's mode:
         # without this, dropout would be silently off while fine-tuning a pretrained backbone.
         self.train()
@@ -114,6 +121,21 @@ class RerankerModule(pl.LightningModule):
                 raise ValueError(f"model.frozen: pattern {pattern!r} matches no parameter name")
             for param in matched:
                 param.requires_grad_(False)
+
+    def configure_model(self) -> None:
+        """Let a sharding strategy shard the model, once the processes and the device mesh exist."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from lightning_rank.strategies import BackboneFSDP2Strategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, BackboneFSDP2Strategy):
+            strategy.shard(self)
+        elif isinstance(strategy, ModelParallelStrategy):
+            raise TypeError(
+                "ModelParallelStrategy needs a model parallelised by its own code: use "
+                "lightning_rank.strategies.BackboneFSDP2Strategy (--config configs/strategy/fsdp2.yaml)"
+            )
 
     # -- scoring -----------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -300,7 +322,7 @@ class RerankerModule(pl.LightningModule):
         decay, no_decay = [], []
         for name, param in self.named_parameters():
             if param.requires_grad:
-                exempt = param.ndim < 2 or "norm" in name.lower() or getattr(param, "_no_weight_decay", False)
+                exempt = _unwrapped_name(name) in self._no_decay_names
                 (no_decay if exempt else decay).append(param)
         return [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
@@ -323,6 +345,13 @@ class RerankerModule(pl.LightningModule):
         warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
         scheduler = LambdaLR(optimizer, _linear_warmup_decay(warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name as in the unwrapped model (FSDP1 and activation checkpointing insert segments)."""
+    for segment in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(segment, "")
+    return name
 
 
 def _rng_states() -> dict[str, Any]:

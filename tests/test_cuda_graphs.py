@@ -52,11 +52,15 @@ def test_cuda_graphs_on_cpu_fail_before_training_with_the_fix(tmp_path: Path) ->
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_fsdp_is_refused() -> None:
+@pytest.mark.parametrize("fsdp", ["fsdp1", "fsdp2"])
+def test_fsdp_is_refused(fsdp: str) -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
+    from lightning_rank.strategies import BackboneFSDP2Strategy
+
+    strategy = FSDPStrategy() if fsdp == "fsdp1" else BackboneFSDP2Strategy()
     with pytest.raises(CudaGraphError, match="FSDP"):
-        check_cuda_graphs(torch.device("cuda", 0), FSDPStrategy())
+        check_cuda_graphs(torch.device("cuda", 0), strategy)
 
 
 class _Recording(TrainingGraphs):

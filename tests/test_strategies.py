@@ -1,17 +1,22 @@
-"""Strategy presets: FSDP wraps whichever backbone the model config names; DDP trains as one process does.
+"""Strategy presets: FSDP wraps whichever backbone the model config names; DDP and FSDP2 train as one
+process does.
 
-FSDP itself needs a GPU (torch's FSDP refuses CPU-only machines), so here the preset is checked up to the
-wrap policy it hands to FSDP; benchmarks/gpu_session.sh runs the FSDP fits on a GPU.
+FSDP1 itself needs a GPU (torch's FSDP refuses CPU-only machines), so here its preset is checked up to the
+wrap policy it hands to FSDP; benchmarks/gpu_session.sh runs the FSDP fits on a GPU. FSDP2 runs on CPUs
+(gloo): its preset trains here on 2 processes.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, cli
+from lightning.pytorch import seed_everything
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -20,6 +25,7 @@ from lightning_rank.module import RerankerModule
 from lightning_rank.strategies import BackboneFSDPStrategy, backbone_block_classes
 
 FSDP = str(REPO / "configs" / "strategy" / "fsdp.yaml")
+FSDP2 = str(REPO / "configs" / "strategy" / "fsdp2.yaml")
 DDP = str(REPO / "configs" / "strategy" / "ddp.yaml")
 DEMO = str(REPO / "configs" / "demo.yaml")
 
@@ -133,32 +139,124 @@ def _last_val(root: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and "@" in k}
 
 
-def test_ddp_fit_on_two_processes_equals_one_process(tmp_path: Path) -> None:
-    """The DDP preset on 2 CPU processes with half the per-process batch sees the same global batches as one
-    process (queries are sharded from one seeded permutation, negatives seeded per query), so it ends at the
-    same validation metrics and weights."""
-    common = (
-        "--config", DEMO, "--config", DDP, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-        "--trainer.max_steps", "40", "--validate_before_fit", "false",
-        "--trainer.enable_progress_bar", "false",
+CPU_FIT = (
+    "--config", DEMO, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+    "--validate_before_fit", "false", "--trainer.enable_progress_bar", "false",
+)  # fmt: skip
+
+
+def _fit(root: Path, *args: str, strategy: str | None = None, devices: int = 1, steps: int = 40) -> Path:
+    """Fit the demo with the global batch of 8 split over ``devices`` processes; returns last.ckpt."""
+    preset = ("--config", strategy) if strategy else ()
+    run = cli(
+        "fit", *CPU_FIT, *preset, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+        "--trainer.devices", str(devices), "--data.batch_size", str(8 // devices),
+        "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root), *args,
     )  # fmt: skip
-    results, weights = {}, {}
-    for devices, batch in ((1, 8), (2, 4)):
-        root = tmp_path / f"ddp{devices}"
-        run = cli(
-            "fit", *common, "--trainer.devices", str(devices), "--data.batch_size", str(batch),
-            "--trainer.default_root_dir", str(root),
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr[-3000:]
-        results[devices] = _last_val(root)
-        ckpt = torch.load(next(root.rglob("*.ckpt")), map_location="cpu", weights_only=True)
-        weights[devices] = ckpt["state_dict"]
-    assert set(results[1]) == {"val/nDCG@10", "val/RR@10", "val/R@100"}
-    for name, value in results[1].items():
-        assert abs(results[2][name] - value) <= 1e-4, (name, results)
-    # Weights agree up to float summation order, which Adam's normalisation amplifies only in entries whose
-    # gradient is ~0. head.bias is such a parameter throughout: group CE is invariant to a common shift of a
-    # group's scores, so its gradient is rounding noise and its value never changes a ranking.
-    for name, tensor in weights[1].items():
-        if name != "head.bias":
-            assert (weights[2][name] - tensor).norm() <= 1e-4 * tensor.norm(), name
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root / "checkpoints" / "last.ckpt"
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _assert_same_training(
+    one: Path, other: Path, what: str, shift_only: tuple[str, ...] = ("head.bias",)
+) -> None:
+    """Same validation metrics (within 1e-4) and weights (up to float summation order) as one process."""
+    expected, got = _last_val(one.parent.parent), _last_val(other.parent.parent)
+    assert set(expected) == {"val/nDCG@10", "val/RR@10", "val/R@100"}
+    for name, value in expected.items():
+        assert abs(got[name] - value) <= 1e-4, (what, name, expected, got)
+    # Adam's normalisation amplifies summation-order noise only in entries whose gradient is ~0. head.bias is
+    # such a parameter throughout (`shift_only`): group CE is invariant to a common shift of a group's scores,
+    # so its gradient is rounding noise and its value never changes a ranking.
+    single, multi = _weights(one), _weights(other)
+    assert set(single) == set(multi), what  # the same names: checkpoints are interchangeable
+    for name, tensor in single.items():
+        if name not in shift_only:
+            # relative, plus 1e-5 per entry for parameters that start at zero (norm biases)
+            bound = 1e-4 * tensor.norm() + 1e-5 * tensor.numel() ** 0.5
+            assert (multi[name] - tensor).norm() <= bound, (what, name)
+
+
+def test_ddp_and_fsdp2_on_two_processes_train_as_one_process(tmp_path: Path) -> None:
+    """The DDP and FSDP2 presets on 2 CPU processes with half the per-process batch see the same global
+    batches as one process (queries are sharded from one seeded permutation, negatives seeded per query), so
+    they end at the same validation metrics and weights. FSDP2 replaces every parameter by a shard: Mamba's
+    A_log, D and dt_bias must still be exempt from weight decay (they were not, before)."""
+    single = _fit(tmp_path / "one")
+    _assert_same_training(single, _fit(tmp_path / "ddp", strategy=DDP, devices=2), "ddp")
+    _assert_same_training(single, _fit(tmp_path / "fsdp2", strategy=FSDP2, devices=2), "fsdp2")
+
+
+def test_fsdp2_resumes_a_single_process_checkpoint_and_back(tmp_path: Path) -> None:
+    """A checkpoint moves between one process and FSDP2 on two with its optimizer state: Lightning's own
+    loader numbered the moments in model order and resumed a single-process checkpoint with them swapped
+    between parameters (a shape error at best)."""
+    start = _fit(tmp_path / "start", steps=30)
+    single = _fit(tmp_path / "one", "--ckpt_path", str(start), steps=45)
+    sharded = _fit(tmp_path / "fsdp2", "--ckpt_path", str(start), strategy=FSDP2, devices=2, steps=45)
+    _assert_same_training(single, sharded, "single -> fsdp2")
+    back = _fit(tmp_path / "back", "--ckpt_path", str(sharded), steps=55)
+    onward = _fit(tmp_path / "onward", "--ckpt_path", str(single), steps=55)
+    _assert_same_training(onward, back, "fsdp2 -> single")
+
+
+def test_fsdp2_with_frozen_parameters_and_activation_checkpointing(tmp_path: Path) -> None:
+    """A BERT-family backbone with frozen word embeddings (as configs/beir_minilm.yaml) and recomputed blocks
+    trains on 2 FSDP2 processes as on one: frozen and trainable parameters share a unit, recomputation
+    changes nothing, and the frozen weights stay as they were."""
+    bert = (
+        "--model.backbone", "bert", "--model.frozen", '["*word_embeddings*"]', "--model.backbone_args",
+        '{"tokenizer": "builtin:words", "config": {"hidden_size": 32, "num_hidden_layers": 2, '
+        '"num_attention_heads": 4, "intermediate_size": 64, "hidden_dropout_prob": 0.0, '
+        '"attention_probs_dropout_prob": 0.0}}',  # dropout masks depend on the process count
+    )  # fmt: skip
+    single = _fit(tmp_path / "one", *bert, steps=20)
+    sharded = _fit(
+        tmp_path / "fsdp2", *bert, "--trainer.strategy.init_args.activation_checkpointing", "true",
+        strategy=FSDP2, devices=2, steps=20,
+    )  # fmt: skip
+    # The last LayerNorm's bias adds one vector to every token state, so (pooled, then the linear head) it
+    # too only shifts all scores alike.
+    shift_only = ("head.bias", "backbone.model.encoder.layer.1.output.LayerNorm.bias")
+    _assert_same_training(single, sharded, "fsdp2 + frozen + activation checkpointing", shift_only)
+    # the frozen embeddings are still as initialised (the CLI seeds, then builds the model)
+    seed_everything(yaml.safe_load(Path(DEMO).read_text())["seed_everything"])
+    initial = RerankerModule(backbone="bert", backbone_args=json.loads(bert[-1])).state_dict()
+    trained = _weights(sharded)
+    (frozen,) = [k for k in trained if "word_embeddings" in k]
+    assert torch.equal(trained[frozen], initial[frozen])
+    assert not torch.equal(
+        trained[frozen.replace("word", "position")], initial[frozen.replace("word", "position")]
+    )
+
+
+def test_fsdp2_preset_combines_with_paper_configs() -> None:
+    run = cli(
+        "fit", "--config", str(REPO / "configs" / "mamba2_130m.yaml"), "--config", FSDP2, "--print_config"
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "class_path: lightning_rank.strategies.BackboneFSDP2Strategy" in run.stdout
+    assert "precision: bf16-mixed" in run.stdout and "reshard_after_forward: true" in run.stdout
+
+
+def test_no_weight_decay_marks_survive_parameter_replacement() -> None:
+    """FSDP swaps each parameter for a new one (its shard) without the backbone's `_no_weight_decay` mark,
+    and FSDP1 flattens shards to 1-D: the groups are decided on the model as built."""
+    module = tiny("mamba1")
+
+    def groups() -> tuple[set[str], set[str]]:
+        names = {id(p): n for n, p in module.named_parameters()}
+        decay, no_decay = module.optimizer_param_groups()
+        return {names[id(p)] for p in decay["params"]}, {names[id(p)] for p in no_decay["params"]}
+
+    decay, no_decay = groups()
+    assert any(n.endswith("mixer.A_log") for n in no_decay) and any(n.endswith("mixer.D") for n in no_decay)
+    assert any(n.endswith("in_proj.weight") for n in decay) and "head.weight" in decay
+    for name, param in list(module.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        setattr(module.get_submodule(owner), leaf, nn.Parameter(param.detach().reshape(-1)))
+    assert groups() == (decay, no_decay)
