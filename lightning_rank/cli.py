@@ -1,6 +1,8 @@
 """The ``lightning-rank`` command: LightningCLI's fit/validate/test/predict plus our own subcommands.
 
-``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run.
+``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run;
+``lightning-rank export`` writes a checkpoint as a plain folder; ``lightning-rank fuse`` interpolates a
+reranked run with its first-stage run.
 Lightning is imported only for the trainer subcommands, after pre-flight checks of the command line and its
 config files; bad input ends with one ``error:`` message and exit status 2, never a traceback.
 """
@@ -36,20 +38,39 @@ def list_backbones() -> int:
     return 0
 
 
+FUNCTION_SUBCOMMANDS = {
+    "bm25": "lightning_rank.bm25:bm25",
+    "export": "lightning_rank.export:export_checkpoint",
+    "fuse": "lightning_rank.fusion:fuse",
+}
+
+
+def run_function_subcommand(name: str, args: Sequence[str]) -> int:
+    """A subcommand that is one function (its arguments are the options); bad input ends in one
+    ``error:`` line and exit status 2, not a traceback."""
+    import importlib
+
+    from jsonargparse import auto_cli
+
+    from lightning_rank.preflight import InputError
+
+    module, _, function = FUNCTION_SUBCOMMANDS[name].partition(":")
+    command = getattr(importlib.import_module(module), function)
+    try:
+        auto_cli(command, args=list(args), as_positional=False)
+    except (InputError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-rank`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "backbones":
         return list_backbones()
-    if argv and argv[0] in ("bm25", "export"):
-        from jsonargparse import auto_cli
-
-        if argv[0] == "bm25":
-            from lightning_rank.bm25 import bm25 as command
-        else:
-            from lightning_rank.export import export_checkpoint as command
-        auto_cli(command, args=argv[1:], as_positional=False)
-        return 0
+    if argv and argv[0] in FUNCTION_SUBCOMMANDS:
+        return run_function_subcommand(argv[0], argv[1:])
 
     from lightning_rank.backbones.registry import UnknownBackboneError
     from lightning_rank.preflight import InputError, check_argv
