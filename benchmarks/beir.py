@@ -85,11 +85,18 @@ def collection_files(folder: Path, out: Path, args: argparse.Namespace) -> tuple
     qrels = {s: folder / "qrels" / f"{s}.tsv" for s in (args.train_split, args.test_split, args.dev_split)}
     files = {s: str(path) for s, path in qrels.items() if path.is_file()}
     tuning = args.dev_split if args.dev_split in files and args.dev_split != args.test_split else None
-    if tuning is None and args.dev_queries > 0:
-        train = qrels_of(qrels[args.train_split])
-        if args.dev_queries >= len(train):
-            sys.exit(f"--dev-queries {args.dev_queries}: the train split has only {len(train)} queries")
-        held_out = set(random.Random(0).sample(sorted(train), args.dev_queries))
+    for split in (args.train_split, args.test_split):
+        if split not in files:
+            sys.exit(
+                f"{folder}: no qrels/{split}.tsv; the benchmark fine-tunes on --train-split and tests on "
+                "--test-split (name other splits with those options)"
+            )
+    train = qrels_of(qrels[args.train_split])
+    count = min(100, len(train) // 5) if args.dev_queries is None else args.dev_queries
+    if tuning is None and count > 0:
+        if count >= len(train):
+            sys.exit(f"--dev-queries {count}: the train split has only {len(train)} queries")
+        held_out = set(random.Random(0).sample(sorted(train), count))
         tuning = "heldout"
         kept = {q: d for q, d in train.items() if q not in held_out}
         files[args.train_split] = str(write_qrels(kept, out / f"qrels-{args.train_split}.tsv"))
@@ -122,8 +129,9 @@ def main() -> None:
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--dev-split", default="dev", help="tuning queries, where the folder has them")
     parser.add_argument(
-        "--dev-queries", type=int, default=100,
-        help="else hold out this many train queries to tune the BM25 interpolation on (0: no fusion)",
+        "--dev-queries", type=int,
+        help="else hold out this many train queries to tune the BM25 interpolation on (default: 100, at "
+        "most a fifth of the train queries; 0: no fusion)",
     )  # fmt: skip
     parser.add_argument("--model", help="pretrained folder or hub id (default: the MiniLM-L6 package)")
     parser.add_argument("--config", default=str(REPO / "configs" / "beir_minilm.yaml"))
