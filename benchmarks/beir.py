@@ -32,10 +32,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lightning_rank.metrics import evaluate_run, read_trec_run
+from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, read_trec_run
 
 REPO = Path(__file__).resolve().parents[1]
-MEASURES = ["nDCG@10", "RR@10", "R@100"]
+MEASURES = list(DEFAULT_MEASURES)
 
 
 def minilm_folder() -> str:
@@ -84,23 +84,24 @@ def collection_files(folder: Path, out: Path, args: argparse.Namespace) -> tuple
     the name of the tuning split (None: no tuning queries, no fusion)."""
     qrels = {s: folder / "qrels" / f"{s}.tsv" for s in (args.train_split, args.test_split, args.dev_split)}
     files = {s: str(path) for s, path in qrels.items() if path.is_file()}
-    tuning = args.dev_split if args.dev_split in files and args.dev_split != args.test_split else None
     for split in (args.train_split, args.test_split):
         if split not in files:
             sys.exit(
                 f"{folder}: no qrels/{split}.tsv; the benchmark fine-tunes on --train-split and tests on "
                 "--test-split (name other splits with those options)"
             )
-    train = qrels_of(qrels[args.train_split])
-    count = min(100, len(train) // 5) if args.dev_queries is None else args.dev_queries
-    if tuning is None and count > 0:
-        if count >= len(train):
-            sys.exit(f"--dev-queries {count}: the train split has only {len(train)} queries")
-        held_out = set(random.Random(0).sample(sorted(train), count))
-        tuning = "heldout"
-        kept = {q: d for q, d in train.items() if q not in held_out}
-        files[args.train_split] = str(write_qrels(kept, out / f"qrels-{args.train_split}.tsv"))
-        files[tuning] = str(write_qrels({q: train[q] for q in held_out}, out / f"qrels-{tuning}.tsv"))
+    tuning = args.dev_split if args.dev_split in files and args.dev_split != args.test_split else None
+    if tuning is None:
+        train = qrels_of(qrels[args.train_split])
+        count = min(100, len(train) // 5) if args.dev_queries is None else args.dev_queries
+        if count > 0:
+            if count >= len(train):
+                sys.exit(f"--dev-queries {count}: the train split has only {len(train)} queries")
+            held_out = set(random.Random(0).sample(sorted(train), count))
+            tuning = "heldout"
+            kept = {q: d for q, d in train.items() if q not in held_out}
+            files[args.train_split] = str(write_qrels(kept, out / f"qrels-{args.train_split}.tsv"))
+            files[tuning] = str(write_qrels({q: train[q] for q in held_out}, out / f"qrels-{tuning}.tsv"))
     return {
         "docs": str(folder / "corpus.jsonl"),
         "queries": str(folder / "queries.jsonl"),

@@ -14,7 +14,7 @@ import bm25s
 import Stemmer
 
 from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local
-from lightning_rank.metrics import evaluate_run, write_trec_run
+from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, write_trec_run
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,6 @@ def bm25(
     ds = load_dataset(dataset)
     if not ds.has_qrels():
         return {}
-    values = evaluate_run(run, ds.qrels_dict(), measures or ["nDCG@10", "RR@10", "R@100"])
+    values = evaluate_run(run, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
     print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
     return values

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local
-from lightning_rank.metrics import Run, evaluate_run, parse_measures, read_trec_run, write_trec_run
+from lightning_rank.metrics import (
+    DEFAULT_MEASURES,
+    Run,
+    evaluate_run,
+    parse_measures,
+    read_trec_run,
+    write_trec_run,
+)
 
 Normalization = Literal["zscore", "minmax"]
 GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0
@@ -121,7 +128,7 @@ def fuse(
     write_trec_run(fused, output, tag=tag)
     print(f"wrote {output}: {len(fused)} queries, reranker weight {float(weight):.2f} ({normalization})")
     if judged is not None:
-        names = measures or ["nDCG@10", "RR@10", "R@100"]
+        names = measures or list(DEFAULT_MEASURES)
         for label, candidate in (("first stage", lexical), ("reranker", reranked), ("fused", fused)):
             values = evaluate_run({q: candidate.get(q, {}) for q in fused}, judged, names)
             print(f"{label:>12}: " + "  ".join(f"{m}={v:.4f}" for m, v in values.items()))

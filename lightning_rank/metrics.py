@@ -53,6 +53,10 @@ Qrels = Mapping[str, Mapping[str, int]]
 _EXAMPLES = '"nDCG@10", "RR@10" (or "MRR@10"), "R@100", "MAP", "P@5", "AP@100", "Success@1", "P(rel=2)@5"'
 
 
+#: what evaluation reports unless told otherwise (validation, test, bm25, fuse)
+DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
+
+
 def _provider() -> Any:
     """The pytrec_eval provider of ir_measures (trec_eval's own code)."""
     return ir_measures.pytrec_eval

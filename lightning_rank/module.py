@@ -24,9 +24,7 @@ from lightning_rank.cuda_graphs import TrainingGraphs, check_cuda_graphs
 from lightning_rank.finite_loss import FiniteLossGuard, LossOrigin
 from lightning_rank.lora import LoraSettings, add_lora
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
-from lightning_rank.metrics import RankingMetrics, parse_measures
-
-DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
+from lightning_rank.metrics import DEFAULT_MEASURES, RankingMetrics, parse_measures
 
 
 class NonFiniteLossError(RuntimeError):

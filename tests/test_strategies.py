@@ -139,17 +139,17 @@ def _last_val(root: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and "@" in k}
 
 
-CPU_FIT = (
-    "--config", DEMO, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+CPU_FLAGS = (
+    "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
     "--validate_before_fit", "false", "--trainer.enable_progress_bar", "false",
 )  # fmt: skip
 
 
 def _fit(root: Path, *args: str, strategy: str | None = None, devices: int = 1, steps: int = 40) -> Path:
     """Fit the demo with the global batch of 8 split over ``devices`` processes; returns last.ckpt."""
-    preset = ("--config", strategy) if strategy else ()
+    preset = ("--config", strategy) if strategy else ()  # before the flags, which override its GPU settings
     run = cli(
-        "fit", *CPU_FIT, *preset, "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+        "fit", "--config", DEMO, *preset, *CPU_FLAGS,
         "--trainer.devices", str(devices), "--data.batch_size", str(8 // devices),
         "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root), *args,
     )  # fmt: skip
