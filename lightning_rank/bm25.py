@@ -13,7 +13,12 @@ from pathlib import Path
 import bm25s
 import Stemmer
 
-from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local
+from lightning_rank.datamodules.collections import (
+    LocalFiles,
+    load_dataset,
+    register_local,
+    require_dataset,
+)
 from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, write_trec_run
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,7 @@ def bm25(
     """
     for name, folder in (local_collections or {}).items():
         register_local(name, folder)
+    require_dataset(dataset, "--dataset", register_option="--local_collections")
     start = time.perf_counter()
     run = bm25_run(dataset, depth, k1, b, stemmer)
     Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,9 @@ def fuse(
         raise ValueError(
             f"{run} and {first_stage} share no query id: pass the first-stage run that {run} reranked"
         )
-    judged = load_dataset(qrels).qrels_dict() if qrels is not None else None
+    judged = (
+        load_dataset(qrels, register_option="--local_collections").qrels_dict() if qrels is not None else None
+    )
     if weight == "tune":
         weight, values = tune_weight(reranked, lexical, judged, measure, normalization)
         print(f"{measure} on {qrels} by reranker weight:")

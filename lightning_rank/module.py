@@ -259,8 +259,10 @@ class RerankerModule(pl.LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         metric = self._metric(stage)
         if not self.trainer.sanity_checking:
+            # Every rank holds the gathered value already: logged as a float, Lightning neither reduces it
+            # again nor warns that sync_dist is off.
             for name, value in metric.compute().items():
-                self.log(f"{stage}/{name}", value, prog_bar=True, rank_zero_only=False, sync_dist=False)
+                self.log(f"{stage}/{name}", float(value), prog_bar=True, rank_zero_only=False)
         metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -116,7 +116,7 @@ def test_fuse_command_tunes_on_qrels_then_applies_the_weight(demo_runs, tmp_path
         (["--weight", "tune"], "--weight tune needs --qrels"),
         (["--weight", "1.5"], r"must be in \[0, 1\], got 1.5"),
         (["--measure", "nDGC@10", "--weight", "tune", "--qrels", "lightning-rank/demo/dev"], "nDGC@10"),
-        (["--qrels", "nope/dev"], "unknown ir_datasets id 'nope/dev'"),
+        (["--qrels", "nope/dev"], "unknown ir_datasets id 'nope/dev'.* with `--local_collections`"),
     ],
 )
 def test_fuse_bad_input_is_one_error_line(demo_runs, tmp_path, capsys, args, message) -> None:
@@ -135,3 +135,12 @@ def test_fuse_refuses_runs_of_different_queries(demo_runs, tmp_path, capsys) -> 
     write_trec_run({"unrelated": {"d": 1.0}}, other)
     code = main(["fuse", "--run", str(model), "--first_stage", str(other), "--output", str(tmp_path / "f")])
     assert code == 2 and "share no query id" in capsys.readouterr().err
+
+
+def test_bm25_unknown_dataset_names_its_own_register_option(tmp_path, capsys) -> None:
+    output = tmp_path / "bm25.trec"
+    code = main(["bm25", "--dataset", "nope/test", "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --dataset: unknown ir_datasets id 'nope/test'"), err
+    assert "`--local_collections`" in err and "data.local_collections" not in err
+    assert not output.exists()

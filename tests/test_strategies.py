@@ -154,6 +154,8 @@ def _fit(root: Path, *args: str, strategy: str | None = None, devices: int = 1, 
         "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root), *args,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    # the validation metrics are gathered on every rank already: no advice to reduce them again
+    assert "sync_dist=True" not in run.stderr, run.stderr[-3000:]
     return root / "checkpoints" / "last.ckpt"
 
 

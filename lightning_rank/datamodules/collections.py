@@ -303,15 +303,20 @@ def register_demo(spec: DemoSpec | None = None) -> list[str]:
     return register_beir_folder(DEMO_ID, folder)
 
 
-def load_dataset(dataset_id: str):
-    """``ir_datasets.load`` with our collections registered first and a clear error for unknown ids."""
-    require_dataset(dataset_id)
+def load_dataset(dataset_id: str, register_option: str = "data.local_collections"):
+    """``ir_datasets.load`` with our collections registered first and a clear error for unknown ids
+    (``register_option``: how the caller's user registers a folder, named in that error)."""
+    require_dataset(dataset_id, register_option=register_option)
     return ir_datasets.load(dataset_id)
 
 
-def require_dataset(dataset_id: str, option: str | None = None) -> None:
+def require_dataset(
+    dataset_id: str, option: str | None = None, register_option: str = "data.local_collections"
+) -> None:
     """Raise :class:`DatasetNotFoundError` (with close ids) unless ``dataset_id`` is registered; the demo
-    collection is generated and registered on first use. Reads no data, so it can run at configuration."""
+    collection is generated and registered on first use. Reads no data, so it can run at configuration.
+    ``option`` names the setting that gave the id; ``register_option`` the one that registers a folder
+    (``data.local_collections`` in fit/predict configs, ``--local_collections`` in bm25/fuse)."""
     if (dataset_id == DEMO_ID or dataset_id.startswith(DEMO_ID + "/")) and dataset_id not in _registered():
         register_demo()
     if dataset_id not in _registered():
@@ -320,7 +325,7 @@ def require_dataset(dataset_id: str, option: str | None = None) -> None:
         raise DatasetNotFoundError(
             f"{option + ': ' if option else ''}unknown ir_datasets id {dataset_id!r}.{hint} "
             "Use an id from https://ir-datasets.com, "
-            f"{DEMO_ID}/train|dev, or register your own folder with `data.local_collections` "
+            f"{DEMO_ID}/train|dev, or register your own folder with `{register_option}` "
             "(name: path of a BEIR-format folder)."
         )
 
