@@ -28,6 +28,7 @@ __all__ = [
     "MarginMSE",
     "RankNet",
     "RankingLoss",
+    "WeightedSum",
 ]
 
 
@@ -275,21 +276,79 @@ class KLDistillation(RankingLoss):
     Not multiplied by ``T^2`` (Hinton et al. do so to keep gradient sizes across temperatures); scale the
     loss weight yourself when you compare temperatures. Labels are not used; needs ``teacher_scores``.
 
+    A first-stage run (BM25) is a teacher too, though not one to copy: its scores have a per-query scale and
+    it is wrong about the positives the reranker exists to fix. ``standardize`` z-scores the teacher within
+    each group; ``negatives_only`` distils only its order of the negatives (columns 1..), leaving the
+    positive to a label loss beside it (:class:`WeightedSum`).
+
     Args:
         temperature: teacher and student scores are both divided by it.
+        standardize: z-score the teacher's scores within each group first (scale-free teachers).
+        negatives_only: distil over columns 1.. only (groups need at least 3 documents to carry an order).
     """
 
     needs_teacher: ClassVar[bool] = True
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(
+        self, temperature: float = 1.0, standardize: bool = False, negatives_only: bool = False
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        self.standardize = standardize
+        self.negatives_only = negatives_only
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
         assert teacher_scores is not None
+        if self.negatives_only:
+            if scores.shape[1] < 3:
+                raise ValueError(
+                    "KLDistillation(negatives_only=True) needs groups of at least 3 documents (2 negatives "
+                    f"to order), got {scores.shape[1]}: raise data.group_size"
+                )
+            scores, teacher_scores = scores[:, 1:], teacher_scores[:, 1:]
+        if self.standardize:
+            mean, std = teacher_scores.mean(dim=1, keepdim=True), teacher_scores.std(dim=1, keepdim=True)
+            teacher_scores = (teacher_scores - mean) / std.clamp_min(1e-6)  # equal scores: a uniform target
         student_log_p = torch.log_softmax(scores / self.temperature, dim=1)
         teacher_log_p = torch.log_softmax(teacher_scores / self.temperature, dim=1)
         kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=1)
         return kl.mean()
+
+
+class WeightedSum(RankingLoss):
+    """``sum_i weights[i] * losses[i]``: a label loss and a distillation loss trained together, e.g. group CE
+    plus the first stage's order of the negatives::
+
+        loss:
+          class_path: lightning_rank.losses.WeightedSum
+          init_args:
+            losses: [GroupCrossEntropy, {class_path: KLDistillation, init_args: {negatives_only: true}}]
+            weights: [1.0, 0.5]
+
+    Args:
+        losses: the ranking losses to add up (each checks its own inputs).
+        weights: one non-negative weight per loss.
+    """
+
+    def __init__(self, losses: list[RankingLoss], weights: list[float]) -> None:
+        super().__init__()
+        if not losses:
+            raise ValueError("WeightedSum needs at least one loss")
+        if len(weights) != len(losses):
+            raise ValueError(
+                f"WeightedSum: {len(losses)} losses but {len(weights)} weights; give one weight each"
+            )
+        if any(w < 0 for w in weights):
+            raise ValueError(f"WeightedSum: weights must be >= 0, got {weights}")
+        self.losses = nn.ModuleList(losses)
+        self.weights = list(weights)
+        self.needs_teacher = any(loss.needs_teacher for loss in losses)  # shadows the ClassVar per instance
+        self.min_group_size = max(loss.min_group_size for loss in losses)
+
+    def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
+        return sum(
+            w * loss(scores, labels, teacher_scores)
+            for w, loss in zip(self.weights, self.losses, strict=True)
+        )

@@ -17,6 +17,7 @@ from lightning_rank.losses import (
     MarginMSE,
     RankingLoss,
     RankNet,
+    WeightedSum,
 )
 
 # two groups of three documents; group 0: one positive in column 0, group 1: graded labels
@@ -164,6 +165,52 @@ def test_kl_distillation(temperature: float) -> None:
     assert KLDistillation()(t(TEACHER), t(LABELS), t(TEACHER)).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kl_distillation_of_the_negatives_order_on_standardized_teacher_scores() -> None:
+    """A first-stage run as teacher: only columns 1.. count, and the teacher's per-query scale does not."""
+    loss = KLDistillation(standardize=True, negatives_only=True)
+    got = loss(t(SCORES), t(LABELS), t(TEACHER)).item()
+    expected = 0.0
+    for row_s, row_t in zip(SCORES, TEACHER, strict=True):
+        negatives = row_t[1:]
+        mean = sum(negatives) / 2
+        std = math.sqrt(sum((x - mean) ** 2 for x in negatives))  # unbiased over two values
+        p, q = softmax([(x - mean) / std for x in negatives]), softmax(row_s[1:])
+        expected += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True))
+    assert got == pytest.approx(expected / 2, rel=1e-6)
+    # the positive's scores (student and teacher) and an affine rescaling of the teacher change nothing
+    moved = [[99.0, *row[1:]] for row in SCORES]
+    rescaled = [[-5.0, *(30 * x + 7 for x in row[1:])] for row in TEACHER]
+    assert loss(t(moved), t(LABELS), t(rescaled)).item() == pytest.approx(got, rel=1e-9)
+    # unstandardized, the raw scale matters
+    assert KLDistillation(negatives_only=True)(t(SCORES), t(LABELS), t(rescaled)).item() != pytest.approx(got)
+
+
+def test_kl_distillation_of_negatives_needs_two_of_them() -> None:
+    with pytest.raises(ValueError, match=r"at least 3 documents .* raise data.group_size"):
+        KLDistillation(negatives_only=True)(t([[1.0, 0.0]]), t([[1.0, 0.0]]), t([[2.0, 1.0]]))
+
+
+def test_weighted_sum_adds_its_losses_and_needs_a_teacher_if_one_does() -> None:
+    kl = KLDistillation(standardize=True, negatives_only=True)
+    combined = WeightedSum([GroupCrossEntropy(), kl], [1.0, 0.5])
+    expected = GroupCrossEntropy()(t(SCORES), t(LABELS)) + 0.5 * kl(t(SCORES), t(LABELS), t(TEACHER))
+    assert combined(t(SCORES), t(LABELS), t(TEACHER)).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert combined.needs_teacher and not WeightedSum([GroupCrossEntropy()], [2.0]).needs_teacher
+    with pytest.raises(ValueError, match="needs teacher_scores"):
+        combined(t(SCORES), t(LABELS))
+    assert WeightedSum([GroupCrossEntropy(), MarginMSE()], [1.0, 1.0]).min_group_size == 2
+
+
+@pytest.mark.parametrize(
+    ("losses", "weights", "message"),
+    [([], [], "at least one loss"), ([GroupCrossEntropy()], [1.0, 2.0], "1 losses but 2 weights"),
+     ([GroupCrossEntropy()], [-1.0], "weights must be >= 0")],
+)  # fmt: skip
+def test_weighted_sum_bad_arguments(losses: list, weights: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WeightedSum(losses, weights)
+
+
 # ---------------------------------------------------------------- gradients
 
 RANKING_LOSSES = [GroupCrossEntropy(), BinaryCrossEntropy(), RankNet(), LambdaLoss(), ListNet()]
@@ -277,3 +324,15 @@ def test_selectable_by_class_path_and_short_name() -> None:
     cfg = parser.parse_args(["--loss", "LambdaLoss", "--loss.scheme", "lambdaRank", "--loss.mu", "5"])
     loss = parser.instantiate(cfg).loss
     assert isinstance(loss, LambdaLoss) and loss.scheme == "lambdaRank" and loss.mu == 5.0
+    # a combination from YAML, its parts by short name or class path
+    cfg = parser.parse_args(
+        [
+            "--loss",
+            '{"class_path": "WeightedSum", "init_args": {"losses": ["GroupCrossEntropy", '
+            '{"class_path": "KLDistillation", "init_args": {"negatives_only": true, "standardize": true}}], '
+            '"weights": [1, 0.5]}}',
+        ]
+    )
+    loss = parser.instantiate(cfg).loss
+    assert isinstance(loss, WeightedSum) and loss.weights == [1.0, 0.5] and loss.needs_teacher
+    assert isinstance(loss.losses[0], GroupCrossEntropy) and loss.losses[1].negatives_only
