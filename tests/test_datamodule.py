@@ -11,6 +11,7 @@ import pytest
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.datamodules import RerankDataModule, register_beir_folder
+from lightning_rank.datamodules.collections import DataError
 from lightning_rank.datamodules.groups import build_training_index
 from lightning_rank.datamodules.stream import ResumableLoader
 from lightning_rank.templates import PairTemplate
@@ -234,6 +235,23 @@ def test_teacher_scores_travel_with_their_documents(collection, tmp_path):
         group, _ = sample_group(query, 4, rng)
         expected = [scores[(query.query_id, d)] for d in group]
         assert batch["teacher_scores"][row].tolist() == pytest.approx(expected)
+
+
+def test_a_truncated_first_stage_teacher_fills_its_missing_positives_with_the_lowest_score(
+    collection, tmp_path
+):
+    """The train run as its own teacher, cut off before the positives: ``skip`` loses every query (no scored
+    positive), ``lowest`` keeps them all, the positive scored as the run's last entry."""
+    lines = [f"q{q} Q0 d{(q + k) % 60} {k} {30 - k} bm25" for q in range(24) for k in range(2, 12)]
+    teacher = tmp_path / "first-stage.trec"
+    teacher.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="every query was skipped"):
+        make_dm(collection, teacher_run=str(teacher))
+    dm = make_dm(collection, teacher_run=str(teacher), teacher_missing="lowest")
+    assert len(dm._train.index) == 24
+    batch = dm._train.make_batch([0, 1, 2])
+    positive, negatives = batch["teacher_scores"][:, 0], batch["teacher_scores"][:, 1:]
+    assert positive.tolist() == [30 - 11] * 3 and (negatives >= 30 - 11).all()
 
 
 def test_run_top_k_is_bounded_and_breaks_ties_like_trec_eval():

@@ -35,9 +35,11 @@ from lightning_rank.datamodules.documents import DocumentLookup
 from lightning_rank.datamodules.groups import (
     NegativeSampling,
     SkipReport,
+    TeacherMissing,
     TrainingQuery,
     build_training_index,
     docpairs_as_qrels_and_run,
+    fill_unscored,
 )
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
@@ -68,6 +70,7 @@ class RerankDataModule(pl.LightningDataModule):
         local_collections: dict[str, str | LocalFiles] | None = None,
         train_source: Literal["run", "docpairs"] = "run",
         teacher_run: str | None = None,
+        teacher_missing: TeacherMissing = "skip",
         group_size: int = 8,
         batch_size: int = 4,
         eval_batch_size: int = 64,
@@ -100,7 +103,9 @@ class RerankDataModule(pl.LightningDataModule):
                 run's top ``negatives_depth``) or ``docpairs`` (the dataset's docpairs, e.g.
                 ``msmarco-passage/train/triples-small``: doc_a positive, doc_b's the negatives).
             teacher_run: TREC run file whose scores are kept with each group as ``teacher_scores``, for
-                distillation losses (MarginMSE, KLDistillation); documents it did not score are skipped.
+                distillation losses (MarginMSE, KLDistillation, e.g. the train run itself).
+            teacher_missing: documents the teacher did not score: ``skip`` them, or give them the query's
+                ``lowest`` teacher score (a truncated first-stage run: its positives outside the top-k).
             group_size: documents per training group: 1 positive + ``group_size - 1`` negatives.
             batch_size: training groups per batch (a batch holds ``batch_size * group_size`` pairs).
             eval_batch_size: pairs per validation/test/predict batch.
@@ -186,6 +191,8 @@ class RerankDataModule(pl.LightningDataModule):
             else:
                 scoreddocs = _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run")
                 run = _ranked(scoreddocs, hp.negatives_depth)
+            if teacher is not None and hp.teacher_missing == "lowest":
+                teacher = fill_unscored(teacher, qrels, run)
             index, report = build_training_index(
                 qrels, run, queries, existing, hp.min_relevance, hp.negatives_depth, teacher
             )

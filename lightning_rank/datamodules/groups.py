@@ -18,6 +18,7 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 NegativeSampling = Literal["uniform", "top"]
+TeacherMissing = Literal["skip", "lowest"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,26 @@ def build_training_index(
             continue
         index.append(TrainingQuery(qid, positives, negatives))
     return index, report
+
+
+def fill_unscored(
+    teacher: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    run: Iterable[tuple[str, str]],
+) -> dict[str, dict[str, float]]:
+    """A truncated run as teacher: each judged or run document it left out of a query it did score gets that
+    query's lowest score (what the run ranked below its last entry). Queries it did not score stay absent."""
+    filled = {qid: dict(scores) for qid, scores in teacher.items()}
+    wanted: dict[str, set[str]] = {qid: set(docs) for qid, docs in qrels.items()}
+    for qid, did in run:
+        wanted.setdefault(qid, set()).add(did)
+    for qid, docs in wanted.items():
+        scores = filled.get(qid)
+        if scores:
+            lowest = min(scores.values())
+            for did in docs - scores.keys():
+                scores[did] = lowest
+    return filled
 
 
 def docpairs_as_qrels_and_run(
