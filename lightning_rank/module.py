@@ -259,10 +259,10 @@ class RerankerModule(pl.LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         metric = self._metric(stage)
         if not self.trainer.sanity_checking:
-            # Every rank holds the gathered value already: logged as a float, Lightning neither reduces it
-            # again nor warns that sync_dist is off.
+            # Every rank holds the same gathered value already; sync_dist's mean of equal values is that
+            # value (one tiny all-reduce), and without it Lightning would advise turning it on.
             for name, value in metric.compute().items():
-                self.log(f"{stage}/{name}", float(value), prog_bar=True, rank_zero_only=False)
+                self.log(f"{stage}/{name}", value, prog_bar=True, rank_zero_only=False, sync_dist=True)
         metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

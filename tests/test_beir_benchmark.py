@@ -58,3 +58,5 @@ def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
     for run in ("bm25-train.trec", "bm25-heldout.trec", "bm25-dev.trec", "reranker-heldout.trec",
                 "reranker-dev.trec", "fused-dev.trec"):  # fmt: skip
         assert (out / run).stat().st_size > 0
+    # the config's loss distils BM25: without its train run as the teacher, training would stop at once
+    assert "WeightedSum" in (out / "fit.log").read_text()
