@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local
+from lightning_rank.datamodules.collections import (
+    LocalFiles,
+    load_dataset,
+    register_local,
+    require_dataset,
+)
 from lightning_rank.metrics import (
     DEFAULT_MEASURES,
     Run,
@@ -118,9 +123,10 @@ def fuse(
         raise ValueError(
             f"{run} and {first_stage} share no query id: pass the first-stage run that {run} reranked"
         )
-    judged = (
-        load_dataset(qrels, register_option="--local_collections").qrels_dict() if qrels is not None else None
-    )
+    judged = None
+    if qrels is not None:
+        require_dataset(qrels, "--qrels", register_option="--local_collections")
+        judged = load_dataset(qrels).qrels_dict()
     if weight == "tune":
         weight, values = tune_weight(reranked, lexical, judged, measure, normalization)
         print(f"{measure} on {qrels} by reranker weight:")

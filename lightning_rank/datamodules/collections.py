@@ -303,10 +303,9 @@ def register_demo(spec: DemoSpec | None = None) -> list[str]:
     return register_beir_folder(DEMO_ID, folder)
 
 
-def load_dataset(dataset_id: str, register_option: str = "data.local_collections"):
-    """``ir_datasets.load`` with our collections registered first and a clear error for unknown ids
-    (``register_option``: how the caller's user registers a folder, named in that error)."""
-    require_dataset(dataset_id, register_option=register_option)
+def load_dataset(dataset_id: str):
+    """``ir_datasets.load`` with our collections registered first and a clear error for unknown ids."""
+    require_dataset(dataset_id)
     return ir_datasets.load(dataset_id)
 
 
