@@ -298,15 +298,12 @@ class KLDistillation(RankingLoss):
         self.temperature = temperature
         self.standardize = standardize
         self.negatives_only = negatives_only
+        if negatives_only:
+            self.min_group_size = 3  # 2 negatives to order; shadows the ClassVar per instance
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
         assert teacher_scores is not None
         if self.negatives_only:
-            if scores.shape[1] < 3:
-                raise ValueError(
-                    "KLDistillation(negatives_only=True) needs groups of at least 3 documents (2 negatives "
-                    f"to order), got {scores.shape[1]}: raise data.group_size"
-                )
             scores, teacher_scores = scores[:, 1:], teacher_scores[:, 1:]
         if self.standardize:
             mean, std = teacher_scores.mean(dim=1, keepdim=True), teacher_scores.std(dim=1, keepdim=True)

@@ -23,6 +23,7 @@ from lightning_rank.cuda_graphs import CudaGraphError, check_cuda_graphs
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.metrics import atomic_write_lines
 from lightning_rank.module import NonFiniteLossError, RerankerModule
+from lightning_rank.preflight import ConfigError
 
 OOM_HINT = (
     "out of GPU memory. Knobs, roughly in order: a smaller --data.batch_size (groups per step) or "
@@ -31,6 +32,27 @@ OOM_HINT = (
     "--trainer.accumulate_grad_batches N to keep the effective batch, or sharding with "
     "--config configs/strategy/fsdp.yaml"
 )
+
+
+def check_loss_fits_data(model: Any, datamodule: Any) -> None:
+    """A distillation loss without ``data.teacher_run``, or groups smaller than the loss needs, fail here in a
+    second with the option to set, not at the first training step after minutes of reading data."""
+    loss, data = getattr(model, "loss", None), getattr(datamodule, "hparams", None)
+    if loss is None or data is None or "teacher_run" not in data:
+        return
+    name = type(loss).__name__
+    if getattr(loss, "needs_teacher", False) and not data.get("teacher_run"):
+        raise ConfigError(
+            f"model.loss {name} distils a teacher but data.teacher_run is not set: pass --data.teacher_run "
+            "<TREC run scoring the training candidates> (e.g. `lightning-rank bm25` on the training queries, "
+            "with --data.teacher_missing lowest for a truncated run), or pick a loss without a teacher"
+        )
+    needed = getattr(loss, "min_group_size", 1)
+    if data.get("group_size", needed) < needed:
+        raise ConfigError(
+            f"model.loss {name} needs groups of at least {needed} documents, got data.group_size "
+            f"{data['group_size']}: set --data.group_size {needed} or more"
+        )
 
 
 class LightningRankCLI(LightningCLI):
@@ -108,6 +130,7 @@ class LightningRankCLI(LightningCLI):
         return bool(self.config[self.subcommand].get(name, False))
 
     def before_fit(self) -> None:
+        check_loss_fits_data(self.model, self.datamodule)  # before any data is read
         if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved
             check_cuda_graphs(self.trainer.strategy.root_device, self.trainer.strategy)
         if self._flag("validate_before_fit"):

@@ -301,6 +301,37 @@ def test_group_size_below_two_fails_at_configuration_before_any_data(tmp_path):
     assert_unchanged(before)
 
 
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--model.loss=KLDistillation"],
+            "model.loss KLDistillation distils a teacher but data.teacher_run is not set: pass "
+            "--data.teacher_run",
+        ),
+        (
+            [
+                "--model.loss={class_path: KLDistillation, init_args: {negatives_only: true}}",
+                "--data.teacher_run=TEACHER",
+                "--data.group_size=2",
+            ],
+            "model.loss KLDistillation needs groups of at least 3 documents, got data.group_size 2: set "
+            "--data.group_size 3 or more",
+        ),
+    ],
+)
+def test_a_loss_the_training_data_cannot_feed_fails_before_any_data_is_read(tmp_path, options, message):
+    out = output_folder(tmp_path)
+    before = snapshot(out)
+    # Without the check: a traceback at the first training step. Reading the (missing) teacher run first
+    # would name that file instead.
+    options = [o.replace("TEACHER", str(tmp_path / "teacher-not-there.trec")) for o in options]
+    result = cli("fit", "--config", DEMO, f"--trainer.default_root_dir={out}", *options)
+    assert_clear_error(result, message)
+    assert "teacher-not-there" not in result.stderr
+    assert_unchanged(before)
+
 # 11 -----------------------------------------------------------------------------------------------------
 def test_runs_shorter_than_a_group_repeat_negatives_with_one_warning(tmp_path, caplog):
     short = {2: 2, 5: 3, 7: 2}  # query -> candidates in the run (its positive among them)

@@ -46,6 +46,7 @@ def test_scifact_bm25_run_is_valid_trec_and_trains_through_the_cli(tmp_path):
             "--model.backbone_args", json.dumps(tiny),
             "--data.local_collections", COLLECTIONS,
             "--data.train_dataset", "scifact-local/train", "--data.train_run", str(run_file),
+            "--data.teacher_run", str(run_file), "--data.teacher_missing", "lowest",
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false",
         ]
