@@ -301,7 +301,6 @@ def test_group_size_below_two_fails_at_configuration_before_any_data(tmp_path):
     assert_unchanged(before)
 
 
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -331,6 +330,7 @@ def test_a_loss_the_training_data_cannot_feed_fails_before_any_data_is_read(tmp_
     assert_clear_error(result, message)
     assert "teacher-not-there" not in result.stderr
     assert_unchanged(before)
+
 
 # 11 -----------------------------------------------------------------------------------------------------
 def test_runs_shorter_than_a_group_repeat_negatives_with_one_warning(tmp_path, caplog):
