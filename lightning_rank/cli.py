@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
 def list_backbones() -> int:
@@ -81,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from lightning_rank.trainer_cli import run_trainer_cli
 
     try:
@@ -89,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:  # a bad data file, dataset id or option found after parsing: no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SIGTERMException as err:  # stopped at a batch end (callbacks/sigterm.py) or by Lightning's loop
+        print(getattr(err, "message", None) or "stopped by SIGTERM", file=sys.stderr)
+        return SIGTERM_EXIT_STATUS
     return 0
 
 

@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
+from lightning_rank.callbacks import RankProgressBar, StopOnSigterm, TokensPerSecond, TrecRunWriter
 from lightning_rank.cuda_graphs import CudaGraphError, check_cuda_graphs
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.metrics import atomic_write_lines
@@ -102,14 +102,16 @@ class LightningRankCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """LightningCLI's trainer, plus a rich progress bar and a resumable checkpoint callback unless the
-        user disabled or chose their own."""
+        """LightningCLI's trainer, plus a rich progress bar, a resumable checkpoint callback and a stop at the
+        next batch on SIGTERM, unless the user disabled or chose their own."""
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         chosen = [*(trainer_config.get("callbacks") or []), *extra]
         wants_bar = trainer_config.get("enable_progress_bar", True) is not False
         if wants_bar and not any(isinstance(c, ProgressBar) for c in chosen):
             extra.append(RankProgressBar(leave=True))
+        if not any(isinstance(c, StopOnSigterm) for c in chosen):
+            extra.append(StopOnSigterm())
         wants_checkpoints = trainer_config.get("enable_checkpointing", True) is not False
         if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in chosen):
             extra.append(self._default_checkpoint(trainer_config))

@@ -1,5 +1,6 @@
-"""Crash safety: a fit killed with SIGKILL resumes with ``--ckpt_path last`` to exactly the uninterrupted run;
-a NaN loss or an out-of-memory error stops with a clear message and leaves the checkpoints as they were."""
+"""Crash safety: a fit killed with SIGKILL, or stopped by SIGTERM, resumes with ``--ckpt_path last`` to
+exactly the uninterrupted run; a NaN loss or an out-of-memory error stops with a clear message and leaves the
+checkpoints as they were; a predict stopped by SIGTERM leaves an existing run file as it was."""
 
 from __future__ import annotations
 
@@ -41,15 +42,21 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)  # what --ckpt_path does, too
 
 
-def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(tmp_path: Path) -> None:
-    whole = cli(*fit_args(tmp_path / "whole"))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the same fit run to the end without interruption."""
+    root = tmp_path_factory.mktemp("whole")
+    whole = cli(*fit_args(root))
     assert whole.returncode == 0, whole.stderr[-3000:]
+    return root
 
-    root = tmp_path / "killed"
+
+def start_and_signal_at_step_16(root: Path, sig: signal.Signals) -> subprocess.Popen:
+    """Start the fit; send ``sig`` once ``last.ckpt`` holds step 16 (mid-epoch: the epoch is longer)."""
     checkpoints = root / "checkpoints"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lightning_rank.cli", *fit_args(root)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
 
@@ -60,23 +67,52 @@ def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(tmp_pa
 
     while not last_holds_step_16() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # no chance to save anything on the way out
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: raise STEPS"
-    interrupted_at = load(checkpoints / "last.ckpt")["global_step"]
-    assert 16 <= interrupted_at < STEPS
+    proc.send_signal(sig)
+    return proc
 
+
+def assert_resumes_to_the_uninterrupted_run(root: Path, whole: Path) -> None:
     resumed = cli(*fit_args(root, "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    expected, got = load(tmp_path / "whole" / "checkpoints" / "last.ckpt"), load(checkpoints / "last.ckpt")
+    expected, got = load(whole / "checkpoints" / "last.ckpt"), load(root / "checkpoints" / "last.ckpt")
     assert expected["global_step"] == got["global_step"] == STEPS
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
-    reference, metrics = final_metrics(tmp_path / "whole"), final_metrics(root)
+    reference, metrics = final_metrics(whole), final_metrics(root)
     assert set(reference) == {"val/nDCG@10", "val/RR@10", "val/R@100"}
     for name, value in reference.items():
         assert abs(metrics[name] - value) <= 1e-6, (name, metrics, reference)
+
+
+def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    root = tmp_path / "killed"
+    proc = start_and_signal_at_step_16(root, signal.SIGKILL)  # no chance to save anything on the way out
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: raise STEPS"
+    interrupted_at = load(root / "checkpoints" / "last.ckpt")["global_step"]
+    assert 16 <= interrupted_at < STEPS
+    assert_resumes_to_the_uninterrupted_run(root, uninterrupted)
+
+
+def test_sigterm_stops_at_the_next_step_saves_last_and_resumes_exactly(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """A scheduler's SIGTERM (preemption, a time limit) used to be noted by Lightning and acted on only at
+    the epoch's end: the run went on until it was killed. Now it stops after the current step, saved."""
+    root = tmp_path / "terminated"
+    proc = start_and_signal_at_step_16(root, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-3000:]  # 128 + SIGTERM, as a shell reports it
+    stopped_at = load(root / "checkpoints" / "last.ckpt")["global_step"]
+    assert 16 <= stopped_at <= 18  # the step running when the signal came, at most one more
+    assert (
+        f"stopped by SIGTERM after step {stopped_at}: saved {root / 'checkpoints' / 'last.ckpt'}; "
+        "resume with --ckpt_path last"
+    ) in stderr
+    assert "Traceback" not in stderr
+    assert_resumes_to_the_uninterrupted_run(root, uninterrupted)
 
 
 def test_random_generators_are_restored_with_the_checkpoint() -> None:
@@ -141,3 +177,20 @@ def test_out_of_memory_names_the_knobs_to_turn(tmp_path: Path) -> None:
         "fsdp.yaml",
     ):
         assert knob in run.stderr
+
+
+def test_sigterm_stops_predict_at_the_next_batch_and_keeps_the_existing_run_file(tmp_path: Path) -> None:
+    """Lightning's predict loop never looked at SIGTERM: it ran to the end and replaced the run file."""
+    run_file = tmp_path / "dev.trec"
+    run_file.write_text("q1 Q0 d1 1 0.5 earlier\n")
+    before = run_file.stat().st_mtime_ns
+    sender = json.dumps({"class_path": "tests.signal_senders.SigtermAtBatch", "init_args": {"batch": 2}})
+    run = cli(
+        "predict", "--config", DEMO, "--data.predict_dataset", "lightning-rank/demo/dev",
+        "--data.eval_batch_size", "16", "--run_writer.output", str(run_file),
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.callbacks+", sender,
+    )  # fmt: skip
+    assert run.returncode == 143, run.stderr[-3000:]
+    assert "stopped by SIGTERM after 3 prediction batches: no run file written" in run.stderr
+    assert run_file.read_text() == "q1 Q0 d1 1 0.5 earlier\n" and run_file.stat().st_mtime_ns == before

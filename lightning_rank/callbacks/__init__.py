@@ -1,7 +1,8 @@
-"""Callbacks: tokens/sec profiler, TREC run writer, progress bar."""
+"""Callbacks: tokens/sec profiler, TREC run writer, progress bar, stop on SIGTERM."""
 
 from lightning_rank.callbacks.progress import RankProgressBar
 from lightning_rank.callbacks.run_writer import TrecRunWriter
+from lightning_rank.callbacks.sigterm import StopOnSigterm, StoppedBySigterm
 from lightning_rank.callbacks.throughput import TokensPerSecond
 
-__all__ = ["RankProgressBar", "TokensPerSecond", "TrecRunWriter"]
+__all__ = ["RankProgressBar", "StopOnSigterm", "StoppedBySigterm", "TokensPerSecond", "TrecRunWriter"]
