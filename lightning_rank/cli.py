@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SIGTERMException as err:  # stopped at a batch end (callbacks/sigterm.py) or by Lightning's loop
-        print(getattr(err, "message", None) or "stopped by SIGTERM", file=sys.stderr)
+        said = getattr(err, "message", None) or "\n".join(getattr(err, "__notes__", []))
+        print(said or "stopped by SIGTERM", file=sys.stderr)
         return SIGTERM_EXIT_STATUS
     return 0
 
