@@ -93,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SIGTERMException as err:  # stopped at a batch end (callbacks/sigterm.py) or by Lightning's loop
-        said = getattr(err, "message", None) or "\n".join(getattr(err, "__notes__", []))
-        print(said or "stopped by SIGTERM", file=sys.stderr)
+        print("\n".join(getattr(err, "__notes__", [])) or "stopped by SIGTERM", file=sys.stderr)
         return SIGTERM_EXIT_STATUS
     return 0
 

@@ -23,11 +23,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class StoppedBySigterm(SIGTERMException):
-    """Raised after a SIGTERM at a batch boundary; ``message`` says what was kept and how to go on."""
+    """Raised after a SIGTERM at a batch boundary; ``message`` (also its note, what the CLI prints) says what
+    was kept and how to go on."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.add_note(message)  # one channel for the CLI, shared with Lightning's own stop (on_exception)
 
 
 class StopOnSigterm(Callback):
@@ -58,9 +60,12 @@ class StopOnSigterm(Callback):
         # mid-validation a checkpoint would hold half a validation; at an epoch's end (after its hooks, where
         # a per-epoch ModelCheckpoint has just saved) the loops are past a step's end state; with several
         # ranks the others may not be here to join a save
-        during = (
-            "between steps" if between_steps else "at an epoch's end" if trainer.training else "in validation"
-        )
+        if between_steps:
+            during = "between steps"
+        elif trainer.training:
+            during = "at an epoch's end"
+        else:
+            during = "in validation"
         exception.add_note(f"stopped by SIGTERM {during} at step {trainer.global_step}: {_kept(trainer)}")
 
     def on_predict_batch_end(
