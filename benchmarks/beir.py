@@ -167,9 +167,12 @@ def main() -> None:
     total_start = time.perf_counter()
 
     for split, run in runs.items():
+        # the train run also scores positives BM25 ranked below the depth: templates that show first-stage
+        # scores (pair+score) and distillation then see every positive's real score
+        judged = ["--judged", "true"] if split == args.train_split else []
         timings[f"bm25 {split}"] = lightning_rank(
             "bm25", "--local_collections", collections, "--dataset", f"{name}/{split}",
-            "--depth", str(args.depth), "--output", str(run), log=out / f"bm25-{split}.log",
+            "--depth", str(args.depth), "--output", str(run), *judged, log=out / f"bm25-{split}.log",
         )  # fmt: skip
 
     fit_root = out / "fit"

@@ -2,10 +2,13 @@
 
 The run is a TREC file used for hard negatives (``data.train_run``) and for reranking in evaluation
 (``data.val_run`` / ``test_run`` / ``predict_run``). With qrels, the run is also evaluated and printed.
+``--judged true`` adds each query's judged documents that BM25 ranked below ``depth``, with their real score:
+a train run then scores every positive, for templates that show first-stage scores and for distillation.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from pathlib import Path
@@ -31,8 +34,10 @@ def bm25_run(
     b: float = 0.4,
     stemmer: str | None = "english",
     stopwords: str | None = "en",
+    judged: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries."""
+    """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries; with
+    ``judged``, also score each query's judged documents below the top ``depth`` (they rank below it)."""
     ds = load_dataset(dataset)
     doc_ids, texts = [], []
     for doc in ds.docs_iter():
@@ -57,6 +62,18 @@ def bm25_run(
     run: dict[str, dict[str, float]] = {}
     for qid, row, row_scores in zip(qids, hits, scores, strict=True):
         run[qid] = {doc_ids[i]: float(s) for i, s in zip(row, row_scores, strict=True) if s > 0}
+    if judged and ds.has_qrels():
+        position = {d: i for i, d in enumerate(doc_ids)}
+        qrels = ds.qrels_dict()
+        words = bm25s.tokenize(
+            [queries[q] for q in qids], stopwords=stopwords, stemmer=stem, show_progress=False,
+            return_ids=False,
+        )  # fmt: skip
+        for qid, query_words in zip(qids, words, strict=True):
+            below = [d for d in qrels.get(qid, {}) if d in position and d not in run[qid]]
+            if below:
+                every_score = retriever.get_scores(query_words)
+                run[qid].update({d: float(every_score[position[d]]) for d in below})
     return run
 
 
@@ -70,6 +87,7 @@ def bm25(
     local_collections: dict[str, str | LocalFiles] | None = None,
     measures: list[str] | None = None,
     tag: str = "bm25",
+    judged: bool = False,
 ) -> dict[str, float]:
     """Write a BM25 TREC run for the queries of ``dataset`` and, when it has qrels, print its metrics.
 
@@ -83,12 +101,15 @@ def bm25(
         local_collections: ``{name: folder or files}`` collections to register first (see README).
         measures: ir_measures names to report when the dataset has qrels.
         tag: the run tag (last TREC column).
+        judged: also write each query's judged documents that rank below ``depth``, with their BM25 score
+            (a train run for ``pair+score`` templates or distillation: every positive scored). The printed
+            metrics are of the top ``depth`` alone.
     """
     for name, folder in (local_collections or {}).items():
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
     start = time.perf_counter()
-    run = bm25_run(dataset, depth, k1, b, stemmer)
+    run = bm25_run(dataset, depth, k1, b, stemmer, judged=judged)
     Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(run, output, tag=tag)
     entries = sum(len(v) for v in run.values())
@@ -96,6 +117,7 @@ def bm25(
     ds = load_dataset(dataset)
     if not ds.has_qrels():
         return {}
-    values = evaluate_run(run, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
+    top = {q: dict(heapq.nlargest(depth, docs.items(), key=lambda item: item[1])) for q, docs in run.items()}
+    values = evaluate_run(top, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
     print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
     return values

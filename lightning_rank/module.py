@@ -302,14 +302,18 @@ class RerankerModule(pl.LightningModule):
         batch_size: int = 64,
         max_length: int = 256,
         max_query_length: int = 64,
+        first_stage: Sequence[str] | None = None,
     ) -> Tensor:
-        """Relevance scores of (query, document) pairs, rendered exactly as in training."""
+        """Relevance scores of (query, document) pairs, rendered exactly as in training. A backbone whose
+        template shows first-stage scores (``pair+score``) needs each pair's as text (``first_stage``),
+        scaled as in training: ``lightning_rank.datamodules.first_stage.score_texts``."""
         from lightning_rank.datamodules.collate import PairCollator
 
         collate = PairCollator(self.backbone.tokenizer, self.backbone.template, max_length, max_query_length)
         out = []
         for i in range(0, len(queries), batch_size):
-            batch = collate(list(queries[i : i + batch_size]), list(documents[i : i + batch_size]))
+            shown = list(first_stage[i : i + batch_size]) if first_stage is not None else None
+            batch = collate(list(queries[i : i + batch_size]), list(documents[i : i + batch_size]), shown)
             tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
             out.append(self._score(tensors).cpu())
         return torch.cat(out) if out else torch.empty(0)

@@ -4,6 +4,9 @@ Two styles cover the 2025 paper's defaults:
 - ``"pair"``: the tokenizer's own pair format, e.g. ``[CLS] query [SEP] document [SEP]`` (encoders);
 - any string with ``{query}`` and ``{document}``, e.g. ``"document: {document}; query: {query}"``, followed by
   EOS (causal LMs and SSMs, which pool the last real token).
+Templates that also show the reranker each candidate's first-stage score as text (Askari et al., ECIR 2023):
+``"pair+score"`` (``[CLS] query [SEP] score [SEP] document [SEP]``) and strings with a ``{score}`` field; the
+data module renders the scores (``lightning_rank.datamodules.first_stage``).
 Queries are kept whole up to ``max_query_length`` tokens; documents get what is left of ``max_length``.
 A document far beyond ``max_length`` is cut to its first ``_CHARS_PER_TOKEN * max_length`` characters before
 tokenization (a 200,000-word document took 0.4 s to tokenize whole); the tokens kept are those of the whole
@@ -13,6 +16,7 @@ text (see :func:`_encode_documents`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +24,11 @@ from tokenizers import Encoding
 from transformers import PreTrainedTokenizerBase
 
 PAIR = "pair"
+PAIR_WITH_SCORE = "pair+score"
+PAIR_STYLES = (PAIR, PAIR_WITH_SCORE)  # the tokenizer's own pair format, no EOS appended
 CAUSAL_TEMPLATE = "document: {document}; query: {query}"
 
-_FIELD = re.compile(r"\{(query|document)\}")
+_FIELD = re.compile(r"\{(query|document|score)\}")
 _CHARS_PER_TOKEN = 32  # real text has 3-6 characters per token: the cut keeps several times what fits
 
 
@@ -44,20 +50,26 @@ class PairTemplate:
     _pieces: list[str | int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.text == PAIR:
+        if self.is_pair:
             self._pieces = []
             return
-        fields = _FIELD.findall(self.text)
-        if sorted(fields) != ["document", "query"]:
+        fields = sorted(_FIELD.findall(self.text))
+        if fields not in (["document", "query"], ["document", "query", "score"]):
             raise ValueError(
-                f"template {self.text!r} must contain '{{query}}' and '{{document}}' exactly once each "
-                f"(or be {PAIR!r} for the tokenizer's own pair format)"
+                f"template {self.text!r} must contain '{{query}}' and '{{document}}' exactly once each, and "
+                f"'{{score}}' at most once (or be {PAIR!r} or {PAIR_WITH_SCORE!r} for the tokenizer's own "
+                "pair format)"
             )
         self._pieces = [p for p in _FIELD.split(self.text) if p != ""]
 
     @property
     def is_pair(self) -> bool:
-        return self.text == PAIR
+        return self.text in PAIR_STYLES
+
+    @property
+    def needs_score(self) -> bool:
+        """Whether each pair shows its candidate's first-stage score (rendered text) to the reranker."""
+        return self.text == PAIR_WITH_SCORE or "score" in self._pieces
 
     def encode(
         self,
@@ -66,11 +78,23 @@ class PairTemplate:
         documents: list[str],
         max_length: int,
         max_query_length: int,
+        scores: list[str] | None = None,
     ) -> list[EncodedPair]:
         """Encode a list of pairs with the fast (Rust) tokenizer; documents are truncated, never queries
-        below ``max_query_length``."""
+        below ``max_query_length`` nor scores. ``scores`` (one rendered first-stage score per pair) are
+        required by templates that show them and refused by the others."""
         if len(queries) != len(documents):
             raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
+        if self.needs_score != (scores is not None):
+            raise ValueError(
+                f"template {self.text!r} shows each candidate's first-stage score: pass one per pair "
+                "(the data module renders them from the run being reranked)"
+                if self.needs_score
+                else f"template {self.text!r} has no {{score}} field: use 'pair+score' or add '{{score}}' "
+                "to show first-stage scores"
+            )
+        if scores is not None and len(scores) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(scores)} scores")
         backend = _backend(tokenizer)
         unique_queries = list(dict.fromkeys(queries))
         query_encodings = dict(
@@ -80,15 +104,27 @@ class PairTemplate:
             encoding.truncate(max_query_length)
         doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
         if self.is_pair:
+            if scores is None:
+                firsts = [query_encodings[q] for q in queries]
+            else:  # segment A is "query [SEP] score"
+                sep = tokenizer.sep_token or ""
+                shown = _encode_unique(backend, scores, lambda s: f"{sep} {s}")
+                firsts = [
+                    Encoding.merge([query_encodings[q], shown[s]], True)
+                    for q, s in zip(queries, scores, strict=True)
+                ]
             return [
-                self._encode_pair(backend, query_encodings[q], d, max_length)
-                for q, d in zip(queries, doc_encodings, strict=True)
+                self._encode_pair(backend, first, d, max_length)
+                for first, d in zip(firsts, doc_encodings, strict=True)
             ]
         literals = self._literal_ids(tokenizer)
         query_ids = {q: e.ids for q, e in query_encodings.items()}
+        score_ids = (
+            {s: e.ids for s, e in _encode_unique(backend, scores, str).items()} if scores is not None else {}
+        )
         return [
-            self._encode_text(tokenizer, literals, query_ids[q], d.ids, max_length)
-            for q, d in zip(queries, doc_encodings, strict=True)
+            self._encode_text(tokenizer, literals, query_ids[q], d.ids, max_length, score_ids.get(s, []))
+            for q, d, s in zip(queries, doc_encodings, scores or [None] * len(queries), strict=True)
         ]
 
     def _encode_pair(self, backend: Any, query: Encoding, document: Encoding, max_length: int) -> EncodedPair:
@@ -101,7 +137,7 @@ class PairTemplate:
 
     def _literal_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[list[int] | str]:
         return [
-            p if p in ("query", "document") else tokenizer.encode(p, add_special_tokens=False)
+            p if p in ("query", "document", "score") else tokenizer.encode(p, add_special_tokens=False)
             for p in self._pieces
         ]
 
@@ -112,10 +148,11 @@ class PairTemplate:
         query_ids: list[int],
         doc_ids: list[int],
         max_length: int,
+        score_ids: list[int],
     ) -> EncodedPair:
         prefix = [tokenizer.bos_token_id] if self.prepend_bos and tokenizer.bos_token_id is not None else []
         suffix = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
-        fixed = len(prefix) + len(suffix) + len(query_ids)
+        fixed = len(prefix) + len(suffix) + len(query_ids) + len(score_ids)
         fixed += sum(len(p) for p in literals if not isinstance(p, str))
         doc_ids = doc_ids[: max(max_length - fixed, 0)]
         ids = list(prefix)
@@ -124,10 +161,19 @@ class PairTemplate:
                 ids.extend(query_ids)
             elif piece == "document":
                 ids.extend(doc_ids)
+            elif piece == "score":
+                ids.extend(score_ids)
             else:
                 ids.extend(piece)
         ids.extend(suffix)
         return EncodedPair(ids)
+
+
+def _encode_unique(backend: Any, texts: list[str], render: Callable[[str], str]) -> dict[str, Encoding]:
+    """Encode each distinct text once (rendered by ``render``), without special tokens added."""
+    unique = list(dict.fromkeys(texts))
+    encoded = backend.encode_batch([render(t) for t in unique], add_special_tokens=False)
+    return dict(zip(unique, encoded, strict=True))
 
 
 def _encode_documents(backend: Any, documents: list[str], max_length: int) -> list[Encoding]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
+from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR_STYLES, PairTemplate
 from lightning_rank.tokenizers import BUILTIN_PREFIX, build_builtin_tokenizer
 
 Pooling = Literal["first", "last", "mean"]
@@ -42,7 +42,7 @@ class Backbone(nn.Module):
             )
         self.tokenizer = load_tokenizer(source)
         text = template or self.default_template
-        self.template = PairTemplate(text=text, append_eos=text != PAIR, prepend_bos=self.prepend_bos)
+        self.template = PairTemplate(text, append_eos=text not in PAIR_STYLES, prepend_bos=self.prepend_bos)
 
     @property
     def hidden_size(self) -> int:

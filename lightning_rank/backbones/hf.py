@@ -70,8 +70,9 @@ class HFBackbone(Backbone):
                 size, pad/bos/eos ids to the tokenizer's). With ``pretrained``: overrides for the loaded
                 config.
             tokenizer: Hub id, local folder or ``"builtin:words"``; defaults to ``pretrained``.
-            template: Input template: ``"pair"`` (the tokenizer's ``[CLS] q [SEP] d [SEP]``) or a string with
-                ``{query}`` and ``{document}`` followed by EOS; defaults to the backbone's own.
+            template: Input template: ``"pair"`` (the tokenizer's ``[CLS] q [SEP] d [SEP]``), ``"pair+score"``
+                (``[CLS] q [SEP] first-stage score [SEP] d [SEP]``) or a string with ``{query}``,
+                ``{document}`` and optionally ``{score}``, followed by EOS; defaults to the backbone's own.
             attn_implementation: Attention kernel: ``"sdpa"``, ``"flash_attention_2"`` (needs
                 ``pip install lightning-rank[flash]``, CUDA and fp16/bf16) or ``"eager"``.
             gradient_checkpointing: Recompute each layer's activations in the backward pass (less memory).

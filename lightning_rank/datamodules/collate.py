@@ -31,9 +31,14 @@ class PairCollator:
     pad_to_multiple_of: int | None = None
     length_buckets: int = 1
 
-    def __call__(self, queries: list[str], documents: list[str]) -> dict[str, Any]:
+    def __call__(
+        self, queries: list[str], documents: list[str], scores: list[str] | None = None
+    ) -> dict[str, Any]:
+        """``scores``: each pair's first-stage score as text, for templates that show it."""
         return self.collate(
-            self.template.encode(self.tokenizer, queries, documents, self.max_length, self.max_query_length)
+            self.template.encode(
+                self.tokenizer, queries, documents, self.max_length, self.max_query_length, scores
+            )
         )
 
     def collate(self, encoded: list[EncodedPair]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from lightning_rank.datamodules.collections import (
     require_dataset,
 )
 from lightning_rank.datamodules.documents import DocumentLookup
+from lightning_rank.datamodules.first_stage import score_texts
 from lightning_rank.datamodules.groups import (
     NegativeSampling,
     SkipReport,
@@ -54,7 +55,9 @@ class RerankDataModule(pl.LightningDataModule):
     """Training groups from qrels + a first-stage run; validation/test/predict rerank a run's top-k.
 
     Tokenization follows the backbone of the model being trained (its tokenizer and template), which the
-    module reads from the trainer at ``setup``; call :meth:`use_backbone` to use it without a trainer.
+    module reads from the trainer at ``setup``; call :meth:`use_backbone` to use it without a trainer. A
+    template that shows first-stage scores (``pair+score``) gets each candidate's score from the run it
+    came from, scaled per query over the top ``rerank_depth`` (``first_stage.score_texts``).
     """
 
     def __init__(
@@ -112,7 +115,8 @@ class RerankDataModule(pl.LightningDataModule):
             negatives_depth: how deep in the run hard negatives are sampled from.
             negative_sampling: ``uniform`` over the top ``negatives_depth``, or ``top`` (the highest ranked).
             min_relevance: qrels relevance at or above which a document is a positive.
-            rerank_depth: candidates per query reranked in validation/test/predict.
+            rerank_depth: candidates per query reranked in validation/test/predict; templates that show
+                first-stage scores scale each query's scores over this many (training too).
             max_length: tokens per pair; documents are truncated to fit.
             max_query_length: queries are kept whole up to this many tokens.
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
@@ -137,7 +141,7 @@ class RerankDataModule(pl.LightningDataModule):
         """Tokenize for ``backbone`` (its tokenizer and template)."""
         self._backbone = backbone
 
-    def _collator(self) -> PairCollator:
+    def _backbone_in_use(self) -> Any:
         backbone = self._backbone
         if backbone is None and self.trainer is not None and self.trainer.lightning_module is not None:
             backbone = self.trainer.lightning_module.backbone
@@ -145,6 +149,13 @@ class RerankDataModule(pl.LightningDataModule):
             raise RuntimeError(
                 "RerankDataModule needs a backbone: use it with a Trainer or call use_backbone()"
             )
+        return backbone
+
+    def _shows_scores(self) -> bool:
+        return self._backbone_in_use().template.needs_score
+
+    def _collator(self) -> PairCollator:
+        backbone = self._backbone_in_use()
         hp = self.hparams
         return PairCollator(
             backbone.tokenizer,
@@ -179,22 +190,38 @@ class RerankDataModule(pl.LightningDataModule):
             empty_docs.update(empty)
             return present
 
+        shows_scores = self._shows_scores()
+        first_stage = None
         with reading(hp.train_dataset, hp.train_run, hp.teacher_run):
             teacher = read_trec_run(_run_file(hp.teacher_run, "teacher_run")) if hp.teacher_run else None
             queries = _queries(dataset)
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
             if hp.train_source == "docpairs":
+                if shows_scores:
+                    raise ConfigError(
+                        "the backbone's template shows first-stage scores, which docpairs do not have: use "
+                        "data.train_source: run with a scored run, or a template without scores"
+                    )
                 if not dataset.has_docpairs():
                     raise ConfigError(f"{hp.train_dataset} has no docpairs; use data.train_source: run")
                 pairs = ((p.query_id, p.doc_id_a, p.doc_id_b) for p in dataset.docpairs_iter())
                 qrels, run = docpairs_as_qrels_and_run(pairs, qrels)
             else:
                 scoreddocs = _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run")
-                run = _ranked(scoreddocs, hp.negatives_depth)
+                if shows_scores:  # scaled over the top rerank_depth, as in reranking; positives' own too
+                    positives = {
+                        q: {d for d, r in docs.items() if r >= hp.min_relevance} for q, docs in qrels.items()
+                    }
+                    run, scores = _ranked_scores(
+                        scoreddocs, max(hp.negatives_depth, hp.rerank_depth), also=positives
+                    )
+                    first_stage = score_texts(scores, hp.rerank_depth)
+                else:
+                    run = _ranked(scoreddocs, hp.negatives_depth)
             if teacher is not None and hp.teacher_missing == "lowest":
                 teacher = fill_unscored(teacher, qrels, run)
             index, report = build_training_index(
-                qrels, run, queries, existing, hp.min_relevance, hp.negatives_depth, teacher
+                qrels, run, queries, existing, hp.min_relevance, hp.negatives_depth, teacher, first_stage
             )
         if not index:
             raise DataError(
@@ -221,6 +248,7 @@ class RerankDataModule(pl.LightningDataModule):
             hp.seed,
             hp.negative_sampling,
             teacher,
+            first_stage,
         )
 
     def _setup_eval(self, stage: str) -> None:
@@ -235,12 +263,12 @@ class RerankDataModule(pl.LightningDataModule):
         dataset = load_dataset(dataset_id)
         with reading(dataset_id, hp[f"{stage}_run"]):
             queries = _queries(dataset)
-            run = _ranked(
-                _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run"), hp.rerank_depth
-            )
+            scoreddocs = _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run")
+            run, scores = _ranked_scores(scoreddocs, hp.rerank_depth)
             doc_texts = DocumentLookup(dataset_id).texts({d for _, d in run})
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
-        split = build_eval_split(run, queries, qrels, doc_texts, hp.rerank_depth)
+        first_stage = score_texts(scores, hp.rerank_depth) if self._shows_scores() else None
+        split = build_eval_split(run, queries, qrels, doc_texts, hp.rerank_depth, first_stage)
         if not split.pairs:
             raise DataError(
                 f"{dataset_id}: nothing to rerank: every run entry was skipped ({split.report.summary()}). "
@@ -324,7 +352,16 @@ def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
     """Top-``depth`` (query, doc) pairs per query by descending score (ties: doc id descending, as
     trec_eval), queries in first-seen order. Memory is bounded by queries x depth, not by the run's size
     (MS MARCO's BM25 train run has ~800M lines)."""
+    return _ranked_scores(scoreddocs, depth)[0]
+
+
+def _ranked_scores(
+    scoreddocs: Iterator[Any], depth: int, also: Mapping[str, Collection[str]] | None = None
+) -> tuple[list[tuple[str, str]], dict[str, dict[str, float]]]:
+    """:func:`_ranked` and the scores of its pairs, plus those of the ``also`` documents of each query
+    (judged positives) wherever the run ranks them."""
     heaps: dict[str, list[tuple[float, str]]] = {}
+    extra: dict[str, dict[str, float]] = {}
     for sd in scoreddocs:
         heap = heaps.setdefault(sd.query_id, [])
         item = (sd.score, sd.doc_id)
@@ -332,7 +369,13 @@ def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
             heapq.heappush(heap, item)
         elif item > heap[0]:
             heapq.heapreplace(heap, item)
-    return [(q, d) for q, heap in heaps.items() for _, d in sorted(heap, reverse=True)]
+        if also is not None and sd.doc_id in also.get(sd.query_id, ()):
+            extra.setdefault(sd.query_id, {})[sd.doc_id] = sd.score
+    pairs = [(q, d) for q, heap in heaps.items() for _, d in sorted(heap, reverse=True)]
+    scores = {q: {d: s for s, d in heap} for q, heap in heaps.items()}
+    for qid, docs in extra.items():
+        scores[qid].update(docs)
+    return pairs, scores
 
 
 @rank_zero_only

@@ -62,11 +62,13 @@ def build_training_index(
     min_relevance: int = 1,
     depth: int = 100,
     teacher: Mapping[str, Mapping[str, float]] | None = None,
+    first_stage: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[list[TrainingQuery], SkipReport]:
     """Join qrels with a run (``(query_id, doc_id)`` pairs, best first per query) into trainable queries.
 
     ``document_exists`` takes doc ids and returns the subset present in the corpus (one bulk lookup). With
-    ``teacher`` scores (for distillation), documents the teacher did not score are left out and counted.
+    ``teacher`` scores (for distillation) or ``first_stage`` score texts (for templates that show them),
+    documents without one are left out and counted.
     """
     report = SkipReport()
     candidates = group_by_query(run, depth)
@@ -91,18 +93,20 @@ def build_training_index(
         ranked = candidates.get(qid, [])
         negatives = tuple(d for d in ranked if d not in judged_positive and d in present)
         report.add("run entries naming missing documents", sum(d not in present for d in ranked))
-        if teacher is not None:
-            scored = teacher.get(qid, {})
+        for what, scored_by in (("teacher", teacher), ("first-stage", first_stage)):
+            if scored_by is None:
+                continue
+            scored = scored_by.get(qid, {})
             kept_pos = tuple(d for d in positives if d in scored)
             kept_neg = tuple(d for d in negatives if d in scored)
             report.add(
-                "documents without a teacher score",
+                f"documents without a {what} score",
                 len(positives) + len(negatives) - len(kept_pos) - len(kept_neg),
             )
             positives, negatives = kept_pos, kept_neg
-            if not positives:
-                report.add("queries without a teacher-scored positive")
-                continue
+        if not positives:
+            report.add("queries without a positive that has every score needed")
+            continue
         if not negatives:
             report.add("queries without negatives in the run")
             continue

@@ -29,6 +29,7 @@ class EvalSplit:
     pairs: list[tuple[int, int]]
     qrels: dict[str, dict[str, int]]
     report: SkipReport = field(default_factory=SkipReport)
+    score_texts: dict[tuple[int, int], str] | None = None  # per pair, for templates that show scores
 
 
 def build_eval_split(
@@ -37,13 +38,16 @@ def build_eval_split(
     qrels: dict[str, dict[str, int]],
     doc_texts: dict[str, str],
     depth: int,
+    first_stage: dict[str, dict[str, str]] | None = None,
 ) -> EvalSplit:
-    """Top-``depth`` candidates per query of ``run``; unknown queries and missing documents are counted."""
+    """Top-``depth`` candidates per query of ``run``; unknown queries and missing documents are counted.
+    ``first_stage`` score texts (``{query: {doc: text}}``) are kept per pair for templates that show them."""
     report = SkipReport()
     per_query = group_by_query(run, depth)
     query_index: dict[str, int] = {}
     doc_index: dict[str, int] = {}
     pairs: list[tuple[int, int]] = []
+    shown: dict[tuple[int, int], str] | None = {} if first_stage is not None else None
     for qid, ranked in per_query.items():
         if qid not in queries:
             report.add("run entries for unknown queries", len(ranked))
@@ -55,11 +59,14 @@ def build_eval_split(
             qi = query_index.setdefault(qid, len(query_index))
             di = doc_index.setdefault(did, len(doc_index))
             pairs.append((qi, di))
+            if shown is not None:
+                shown[qi, di] = first_stage[qid][did]
     query_ids = list(query_index)
     doc_ids = list(doc_index)
     texts = [doc_texts[d] for d in doc_ids]
     pairs.sort(key=lambda p: -len(texts[p[1]]))
-    return EvalSplit(query_ids, doc_ids, [queries[q] for q in query_ids], texts, pairs, qrels, report)
+    query_texts = [queries[q] for q in query_ids]
+    return EvalSplit(query_ids, doc_ids, query_texts, texts, pairs, qrels, report, shown)
 
 
 class RerankPairs(Dataset):
@@ -85,7 +92,12 @@ class RerankCollator:
     def __call__(self, items: list[tuple[int, int]]) -> dict[str, Any]:
         qi = [q for q, _ in items]
         di = [d for _, d in items]
-        batch = self.collator([self.split.query_texts[q] for q in qi], [self.split.doc_texts[d] for d in di])
+        shown = self.split.score_texts
+        batch = self.collator(
+            [self.split.query_texts[q] for q in qi],
+            [self.split.doc_texts[d] for d in di],
+            [shown[pair] for pair in items] if shown is not None else None,
+        )
         batch["query_index"] = torch.tensor(qi, dtype=torch.long)
         batch["doc_index"] = torch.tensor(di, dtype=torch.long)
         return batch

@@ -38,6 +38,7 @@ class TrainingGroupStream(IterableDataset):
         seed: int = 0,
         sampling: NegativeSampling = "uniform",
         teacher: Mapping[str, Mapping[str, float]] | None = None,
+        first_stage: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.index = index
         self.queries = queries
@@ -48,6 +49,7 @@ class TrainingGroupStream(IterableDataset):
         self.seed = seed
         self.sampling = sampling
         self.teacher = teacher
+        self.first_stage = first_stage  # score texts, for templates that show them
         self.rank, self.world_size = 0, 1
         self.epoch, self.skip_batches = 0, 0
 
@@ -84,7 +86,11 @@ class TrainingGroupStream(IterableDataset):
             if self.teacher is not None:
                 teacher_scores.append([self.teacher[query.query_id][d] for d in group])
         texts = self.documents.texts(set(doc_ids))
-        batch = self.collator(queries, [texts[d] for d in doc_ids])
+        shown = None
+        if self.first_stage is not None:
+            qids = [self.index[p].query_id for p in positions for _ in range(self.group_size)]
+            shown = [self.first_stage[q][d] for q, d in zip(qids, doc_ids, strict=True)]
+        batch = self.collator(queries, [texts[d] for d in doc_ids], shown)
         labels = torch.zeros(len(positions), self.group_size)
         labels[:, 0] = 1.0
         batch["labels"] = labels
