@@ -8,7 +8,6 @@ a train run then scores every positive, for templates that show first-stage scor
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from pathlib import Path
@@ -38,6 +37,20 @@ def bm25_run(
 ) -> dict[str, dict[str, float]]:
     """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries; with
     ``judged``, also score each query's judged documents below the top ``depth`` (they rank below it)."""
+    top, below = _retrieve(dataset, depth, k1, b, stemmer, stopwords, judged)
+    return _merged(top, below)
+
+
+def _merged(
+    top: dict[str, dict[str, float]], below: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    return {qid: {**docs, **below.get(qid, {})} for qid, docs in top.items()}
+
+
+def _retrieve(
+    dataset: str, depth: int, k1: float, b: float, stemmer: str | None, stopwords: str | None, judged: bool
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The top ``depth`` per query, and (with ``judged``) the scores of judged documents outside it."""
     ds = load_dataset(dataset)
     doc_ids, texts = [], []
     for doc in ds.docs_iter():
@@ -62,6 +75,7 @@ def bm25_run(
     run: dict[str, dict[str, float]] = {}
     for qid, row, row_scores in zip(qids, hits, scores, strict=True):
         run[qid] = {doc_ids[i]: float(s) for i, s in zip(row, row_scores, strict=True) if s > 0}
+    below: dict[str, dict[str, float]] = {}
     if judged and ds.has_qrels():
         position = {d: i for i, d in enumerate(doc_ids)}
         qrels = ds.qrels_dict()
@@ -70,11 +84,11 @@ def bm25_run(
             return_ids=False,
         )  # fmt: skip
         for qid, query_words in zip(qids, words, strict=True):
-            below = [d for d in qrels.get(qid, {}) if d in position and d not in run[qid]]
-            if below:
+            missing = [d for d in qrels.get(qid, {}) if d in position and d not in run[qid]]
+            if missing:
                 every_score = retriever.get_scores(query_words)
-                run[qid].update({d: float(every_score[position[d]]) for d in below})
-    return run
+                below[qid] = {d: float(every_score[position[d]]) for d in missing}
+    return run, below
 
 
 def bm25(
@@ -109,7 +123,8 @@ def bm25(
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
     start = time.perf_counter()
-    run = bm25_run(dataset, depth, k1, b, stemmer, judged=judged)
+    top, below = _retrieve(dataset, depth, k1, b, stemmer, "en", judged)
+    run = _merged(top, below)
     Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(run, output, tag=tag)
     entries = sum(len(v) for v in run.values())
@@ -117,7 +132,6 @@ def bm25(
     ds = load_dataset(dataset)
     if not ds.has_qrels():
         return {}
-    top = {q: dict(heapq.nlargest(depth, docs.items(), key=lambda item: item[1])) for q, docs in run.items()}
-    values = evaluate_run(top, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
+    values = evaluate_run(top, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))  # without the judged
     print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
     return values

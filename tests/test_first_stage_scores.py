@@ -11,7 +11,7 @@ import pytest
 from conftest import cli
 
 from lightning_rank.backbones.base import load_tokenizer
-from lightning_rank.bm25 import bm25_run
+from lightning_rank.bm25 import bm25, bm25_run
 from lightning_rank.datamodules import RerankDataModule, register_beir_folder
 from lightning_rank.datamodules.collections import load_dataset
 from lightning_rank.datamodules.first_stage import score_texts
@@ -111,6 +111,15 @@ def test_bm25_judged_scores_positives_below_the_depth_with_their_real_score(tiny
             assert score == pytest.approx(deep[qid].get(doc, 0.0)) and score <= min(plain[qid].values())
         added += len(below)
     assert added > 0  # the fixture has positives that BM25 ranks below 2
+
+
+def test_bm25_judged_reports_the_metrics_of_the_top_depth_alone(tiny_beir, tmp_path):
+    plain = bm25("scored-beir/train", str(tmp_path / "plain.trec"), depth=2)
+    judged = bm25("scored-beir/train", str(tmp_path / "judged.trec"), depth=2, judged=True)
+    assert judged == plain and plain["R@100"] < 1.0  # the judged documents added would make recall 1
+    assert (tmp_path / "judged.trec").read_text().count("\n") > (tmp_path / "plain.trec").read_text().count(
+        "\n"
+    )
 
 
 def test_fit_and_predict_show_first_stage_scores_through_the_cli(tiny_beir, tmp_path):
