@@ -34,23 +34,9 @@ def bm25_run(
     stemmer: str | None = "english",
     stopwords: str | None = "en",
     judged: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries; with
-    ``judged``, also score each query's judged documents below the top ``depth`` (they rank below it)."""
-    top, below = _retrieve(dataset, depth, k1, b, stemmer, stopwords, judged)
-    return _merged(top, below)
-
-
-def _merged(
-    top: dict[str, dict[str, float]], below: dict[str, dict[str, float]]
-) -> dict[str, dict[str, float]]:
-    return {qid: {**docs, **below.get(qid, {})} for qid, docs in top.items()}
-
-
-def _retrieve(
-    dataset: str, depth: int, k1: float, b: float, stemmer: str | None, stopwords: str | None, judged: bool
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """The top ``depth`` per query, and (with ``judged``) the scores of judged documents outside it."""
+    """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries; with
+    ``judged``, also score each query's judged documents outside them (empty otherwise): ``(top, below)``."""
     ds = load_dataset(dataset)
     doc_ids, texts = [], []
     for doc in ds.docs_iter():
@@ -123,8 +109,8 @@ def bm25(
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
     start = time.perf_counter()
-    top, below = _retrieve(dataset, depth, k1, b, stemmer, "en", judged)
-    run = _merged(top, below)
+    top, below = bm25_run(dataset, depth, k1, b, stemmer, judged=judged)
+    run = {qid: {**docs, **below.get(qid, {})} for qid, docs in top.items()}  # the judged rank below
     Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(run, output, tag=tag)
     entries = sum(len(v) for v in run.values())

@@ -16,7 +16,6 @@ text (see :func:`_encode_documents`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,10 +95,7 @@ class PairTemplate:
         if scores is not None and len(scores) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(scores)} scores")
         backend = _backend(tokenizer)
-        unique_queries = list(dict.fromkeys(queries))
-        query_encodings = dict(
-            zip(unique_queries, backend.encode_batch(unique_queries, add_special_tokens=False), strict=True)
-        )
+        query_encodings = _encode_unique(backend, queries)
         for encoding in query_encodings.values():  # once per unique query, not once per pair
             encoding.truncate(max_query_length)
         doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
@@ -107,11 +103,11 @@ class PairTemplate:
             if scores is None:
                 firsts = [query_encodings[q] for q in queries]
             else:  # segment A is "query [SEP] score"
-                sep = tokenizer.sep_token or ""
-                shown = _encode_unique(backend, scores, lambda s: f"{sep} {s}")
+                shown = [f"{tokenizer.sep_token or ''} {s}" for s in scores]
+                shown_encodings = _encode_unique(backend, shown)
                 firsts = [
-                    Encoding.merge([query_encodings[q], shown[s]], True)
-                    for q, s in zip(queries, scores, strict=True)
+                    Encoding.merge([query_encodings[q], shown_encodings[s]], True)
+                    for q, s in zip(queries, shown, strict=True)
                 ]
             return [
                 self._encode_pair(backend, first, d, max_length)
@@ -119,12 +115,14 @@ class PairTemplate:
             ]
         literals = self._literal_ids(tokenizer)
         query_ids = {q: e.ids for q, e in query_encodings.items()}
-        score_ids = (
-            {s: e.ids for s, e in _encode_unique(backend, scores, str).items()} if scores is not None else {}
-        )
+        if scores is None:
+            score_ids: list[list[int]] = [[]] * len(queries)
+        else:
+            score_encodings = _encode_unique(backend, scores)
+            score_ids = [score_encodings[s].ids for s in scores]
         return [
-            self._encode_text(tokenizer, literals, query_ids[q], d.ids, max_length, score_ids.get(s, []))
-            for q, d, s in zip(queries, doc_encodings, scores or [None] * len(queries), strict=True)
+            self._encode_text(tokenizer, literals, query_ids[q], d.ids, max_length, ids)
+            for q, d, ids in zip(queries, doc_encodings, score_ids, strict=True)
         ]
 
     def _encode_pair(self, backend: Any, query: Encoding, document: Encoding, max_length: int) -> EncodedPair:
@@ -169,11 +167,10 @@ class PairTemplate:
         return EncodedPair(ids)
 
 
-def _encode_unique(backend: Any, texts: list[str], render: Callable[[str], str]) -> dict[str, Encoding]:
-    """Encode each distinct text once (rendered by ``render``), without special tokens added."""
+def _encode_unique(backend: Any, texts: list[str]) -> dict[str, Encoding]:
+    """Encode each distinct text once (a query shared by a group, a score), without special tokens added."""
     unique = list(dict.fromkeys(texts))
-    encoded = backend.encode_batch([render(t) for t in unique], add_special_tokens=False)
-    return dict(zip(unique, encoded, strict=True))
+    return dict(zip(unique, backend.encode_batch(unique, add_special_tokens=False), strict=True))
 
 
 def _encode_documents(backend: Any, documents: list[str], max_length: int) -> list[Encoding]:

@@ -75,7 +75,7 @@ class TrainingGroupStream(IterableDataset):
             yield self.make_batch(batches[j])
 
     def make_batch(self, positions: list[int]) -> dict[str, Any]:
-        queries, doc_ids, teacher_scores, repeated = [], [], [], 0
+        queries, doc_ids, teacher_scores, shown, repeated = [], [], [], [], 0
         for p in positions:
             query = self.index[p]
             rng = random.Random(hash((self.seed, self.epoch, p)))
@@ -85,12 +85,12 @@ class TrainingGroupStream(IterableDataset):
             doc_ids.extend(group)
             if self.teacher is not None:
                 teacher_scores.append([self.teacher[query.query_id][d] for d in group])
+            if self.first_stage is not None:
+                shown.extend(self.first_stage[query.query_id][d] for d in group)
         texts = self.documents.texts(set(doc_ids))
-        shown = None
-        if self.first_stage is not None:
-            qids = [self.index[p].query_id for p in positions for _ in range(self.group_size)]
-            shown = [self.first_stage[q][d] for q, d in zip(qids, doc_ids, strict=True)]
-        batch = self.collator(queries, [texts[d] for d in doc_ids], shown)
+        batch = self.collator(
+            queries, [texts[d] for d in doc_ids], shown if self.first_stage is not None else None
+        )
         labels = torch.zeros(len(positions), self.group_size)
         labels[:, 0] = 1.0
         batch["labels"] = labels
