@@ -97,7 +97,8 @@ def dense(
         batch_size: texts embedded per forward pass.
         device: torch device (default: CUDA when available, else CPU).
         local_collections: ``{name: folder or files}`` collections to register first (see README).
-        measures: ir_measures names to report when the dataset has qrels.
+        measures: ir_measures names to report when the dataset has qrels (over the candidates as given: a
+            run written by ``bm25 --judged true`` holds every positive, so its metrics read high).
         tag: the run tag (last TREC column).
     """
     for name, source in (local_collections or {}).items():

@@ -11,7 +11,7 @@ from conftest import cli, tiny_bi_encoder
 
 from lightning_rank.datamodules.collections import load_dataset, register_local
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.dense import load_bi_encoder
+from lightning_rank.dense import dense, load_bi_encoder
 from lightning_rank.metrics import read_trec_run, write_trec_run
 from lightning_rank.preflight import InputError
 
@@ -78,17 +78,17 @@ def test_dense_refuses_a_run_over_another_collection(collection, tmp_path):
 
     qid = next(iter(read_trec_run(collection[1])))
     write_trec_run({qid: {"no-such-doc": 1.0}}, stranger)
-    done = dense_cli(collections, stranger, tmp_path / "out.trec", model)
-    assert done.returncode == 2 and "is not a run over tinydense/dev" in done.stderr
-    assert "no-such-doc" in done.stderr
+    with pytest.raises(ValueError, match=r"is not a run over tinydense/dev.*no-such-doc"):
+        dense("tinydense/dev", str(stranger), str(tmp_path / "out.trec"), str(model),
+              local_collections=json.loads(collections))  # fmt: skip
+    assert not (tmp_path / "out.trec").exists()
 
 
 def test_dense_names_a_missing_model_and_a_missing_library(collection, tmp_path, monkeypatch):
-    collections, bm25_run, _ = collection
-    done = dense_cli(collections, bm25_run, tmp_path / "out.trec", tmp_path / "nowhere")
-    assert done.returncode == 2 and "neither a local folder nor a Hugging Face hub id" in done.stderr
-    done = dense_cli(collections, bm25_run, tmp_path / "out.trec", "lightning-rank/no-such-encoder")
-    assert done.returncode == 2 and "downloaded first" in done.stderr
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a Hugging Face hub id"):
+        load_bi_encoder(str(tmp_path / "nowhere"), None, "cpu")
+    with pytest.raises(InputError, match="downloaded first"):
+        load_bi_encoder("lightning-rank/no-such-encoder", None, "cpu")
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(InputError, match=r"needs sentence-transformers: pip install"):
         load_bi_encoder(str(collection[2]), None, "cpu")
