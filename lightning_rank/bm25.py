@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import bm25s
 import Stemmer
@@ -21,7 +20,7 @@ from lightning_rank.datamodules.collections import (
     register_local,
     require_dataset,
 )
-from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, write_trec_run
+from lightning_rank.run_report import write_and_report
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +110,5 @@ def bm25(
     start = time.perf_counter()
     top, below = bm25_run(dataset, depth, k1, b, stemmer, judged=judged)
     run = {qid: {**docs, **below.get(qid, {})} for qid, docs in top.items()}  # the judged rank below
-    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    write_trec_run(run, output, tag=tag)
-    entries = sum(len(v) for v in run.values())
-    print(f"wrote {output}: {len(run)} queries, {entries} entries in {time.perf_counter() - start:.1f}s")
-    ds = load_dataset(dataset)
-    if not ds.has_qrels():
-        return {}
-    values = evaluate_run(top, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))  # without the judged
-    print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
-    return values
+    # the printed metrics are of the top depth alone, without the judged extras
+    return write_and_report(run, output, dataset, tag, start, measures, evaluated=top)

@@ -9,7 +9,6 @@ are embedded once, and the score is their cosine similarity.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from lightning_rank.datamodules.collections import (
@@ -19,8 +18,9 @@ from lightning_rank.datamodules.collections import (
     require_dataset,
 )
 from lightning_rank.datamodules.documents import DocumentLookup
-from lightning_rank.metrics import DEFAULT_MEASURES, Run, evaluate_run, read_trec_run, write_trec_run
+from lightning_rank.metrics import Run, read_trec_run
 from lightning_rank.preflight import InputError
+from lightning_rank.run_report import write_and_report
 
 
 def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> Any:
@@ -113,13 +113,4 @@ def dense(
         scored = dense_scores(dataset, candidates, encoder, batch_size)
     except ValueError as err:
         raise ValueError(f"{run}: {err}") from err
-    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    write_trec_run(scored, output, tag=tag)
-    entries = sum(len(v) for v in scored.values())
-    print(f"wrote {output}: {len(scored)} queries, {entries} entries in {time.perf_counter() - start:.1f}s")
-    ds = load_dataset(dataset)
-    if not ds.has_qrels():
-        return {}
-    values = evaluate_run(scored, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
-    print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
-    return values
+    return write_and_report(scored, output, dataset, tag, start, measures)

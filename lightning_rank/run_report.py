@@ -1,0 +1,28 @@
+"""Write a run that a subcommand built and print what a user checks first: its size, its time, its metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lightning_rank.datamodules.collections import load_dataset
+from lightning_rank.metrics import DEFAULT_MEASURES, Run, evaluate_run, write_trec_run
+
+
+def write_and_report(
+    run: Run, output: str, dataset: str, tag: str, started: float, measures: list[str] | None = None,
+    evaluated: Run | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Write ``run`` (atomically, its folder created) and, when ``dataset`` has qrels, print and return the
+    measures of ``evaluated`` (default: ``run``); ``started`` is the ``perf_counter`` the work began at."""
+    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    write_trec_run(run, output, tag=tag)
+    entries = sum(len(v) for v in run.values())
+    print(f"wrote {output}: {len(run)} queries, {entries} entries in {time.perf_counter() - started:.1f}s")
+    ds = load_dataset(dataset)
+    if not ds.has_qrels():
+        return {}
+    judged = run if evaluated is None else evaluated
+    values = evaluate_run(judged, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
+    print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
+    return values
