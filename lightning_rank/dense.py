@@ -25,6 +25,8 @@ from lightning_rank.run_report import write_and_report
 
 def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> Any:
     """A sentence-transformers model from a local folder or a cached hub id (offline: never a download)."""
+    if max_length is not None and max_length < 1:
+        raise InputError(f"--max_length must be a positive number of tokens, got {max_length}")
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
@@ -40,8 +42,6 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
         raise InputError(str(err)) from err
     encoder = SentenceTransformer(source, device=device)
     if max_length is not None:
-        if max_length < 1:
-            raise InputError(f"--max_length must be a positive number of tokens, got {max_length}")
         encoder.max_seq_length = max_length
     return encoder
 
@@ -53,8 +53,9 @@ def dense_scores(dataset: str, candidates: Run, encoder: Any, batch_size: int = 
     missing_queries = sorted(q for q in candidates if q not in queries)
     if len(missing_queries) == len(candidates):
         raise ValueError(f"none of the run's queries is a query of {dataset}; pass the run of that dataset")
-    texts = DocumentLookup(dataset).texts({d for docs in candidates.values() for d in docs})
-    missing_docs = sorted({d for docs in candidates.values() for d in docs if d not in texts})
+    listed = {d for docs in candidates.values() for d in docs}
+    texts = DocumentLookup(dataset).texts(listed)
+    missing_docs = sorted(listed - texts.keys())
     if missing_queries or missing_docs:
         raise ValueError(
             f"the run is not a run over {dataset}: {len(missing_queries)} of its queries and "

@@ -89,6 +89,8 @@ def test_dense_names_a_missing_model_and_a_missing_library(collection, tmp_path,
         load_bi_encoder(str(tmp_path / "nowhere"), None, "cpu")
     with pytest.raises(InputError, match="downloaded first"):
         load_bi_encoder("lightning-rank/no-such-encoder", None, "cpu")
+    with pytest.raises(InputError, match="--max_length must be a positive number of tokens, got 0"):
+        load_bi_encoder(str(tmp_path / "nowhere"), 0, "cpu")  # refused before any model is looked for
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(InputError, match=r"needs sentence-transformers: pip install"):
         load_bi_encoder(str(collection[2]), None, "cpu")
