@@ -303,13 +303,21 @@ class RerankerModule(pl.LightningModule):
         max_length: int = 256,
         max_query_length: int = 64,
         first_stage: Sequence[str] | None = None,
+        excerpt: str = "first",
     ) -> Tensor:
         """Relevance scores of (query, document) pairs, rendered exactly as in training. A backbone whose
         template shows first-stage scores (``pair+score``) needs each pair's as text (``first_stage``),
-        scaled as in training: ``lightning_rank.datamodules.first_stage.score_texts``."""
+        scaled as in training: ``lightning_rank.datamodules.first_stage.score_texts``. ``excerpt``: the
+        part of a long document read, as ``data.excerpt`` was in training (``first`` or ``query_biased``)."""
         from lightning_rank.datamodules.collate import PairCollator
 
-        collate = PairCollator(self.backbone.tokenizer, self.backbone.template, max_length, max_query_length)
+        collate = PairCollator(
+            self.backbone.tokenizer,
+            self.backbone.template,
+            max_length,
+            max_query_length,
+            excerpt=excerpt,
+        )
         out = []
         for i in range(0, len(queries), batch_size):
             shown = list(first_stage[i : i + batch_size]) if first_stage is not None else None

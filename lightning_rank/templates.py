@@ -7,7 +7,9 @@ Two styles cover the 2025 paper's defaults:
 Templates that also show the reranker each candidate's first-stage score as text (Askari et al., ECIR 2023):
 ``"pair+score"`` (``[CLS] query [SEP] score [SEP] document [SEP]``) and strings with a ``{score}`` field; the
 data module renders the scores (``lightning_rank.datamodules.first_stage``).
-Queries are kept whole up to ``max_query_length`` tokens; documents get what is left of ``max_length``.
+Queries are kept whole up to ``max_query_length`` tokens; documents get what is left of ``max_length``: their
+start, or with ``excerpt="query_biased"`` the sentences that share most terms with the query
+(:mod:`lightning_rank.excerpts`).
 A document far beyond ``max_length`` is cut to its first ``_CHARS_PER_TOKEN * max_length`` characters before
 tokenization (a 200,000-word document took 0.4 s to tokenize whole); the tokens kept are those of the whole
 text (see :func:`_encode_documents`).
@@ -21,6 +23,8 @@ from typing import Any
 
 from tokenizers import Encoding
 from transformers import PreTrainedTokenizerBase
+
+from lightning_rank.excerpts import check_excerpt, query_biased_excerpts
 
 PAIR = "pair"
 PAIR_WITH_SCORE = "pair+score"
@@ -78,10 +82,13 @@ class PairTemplate:
         max_length: int,
         max_query_length: int,
         scores: list[str] | None = None,
+        excerpt: str = "first",
     ) -> list[EncodedPair]:
         """Encode a list of pairs with the fast (Rust) tokenizer; documents are truncated, never queries
         below ``max_query_length`` nor scores. ``scores`` (one rendered first-stage score per pair) are
-        required by templates that show them and refused by the others."""
+        required by templates that show them and refused by the others. ``excerpt``: which part of a
+        document too long for the pair is kept (``first`` or ``query_biased``)."""
+        check_excerpt(excerpt)
         if len(queries) != len(documents):
             raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
         if self.needs_score != (scores is not None):
@@ -98,8 +105,9 @@ class PairTemplate:
         query_encodings = _encode_unique(backend, queries)
         for encoding in query_encodings.values():  # once per unique query, not once per pair
             encoding.truncate(max_query_length)
-        doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
         if self.is_pair:
+            if backend.post_processor is None:
+                raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
             if scores is None:
                 firsts = [query_encodings[q] for q in queries]
             else:  # segment A is "query [SEP] score"
@@ -109,9 +117,13 @@ class PairTemplate:
                     Encoding.merge([query_encodings[q], shown_encodings[s]], True)
                     for q, s in zip(queries, shown, strict=True)
                 ]
+            specials = backend.num_special_tokens_to_add(True)
+            budgets = [max(max_length - len(first.ids) - specials, 0) for first in firsts]
+            documents = _excerpts(backend, excerpt, queries, documents, budgets, max_length)
+            doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
             return [
-                self._encode_pair(backend, first, d, max_length)
-                for first, d in zip(firsts, doc_encodings, strict=True)
+                self._encode_pair(backend, first, d, budget)
+                for first, d, budget in zip(firsts, doc_encodings, budgets, strict=True)
             ]
         literals = self._literal_ids(tokenizer)
         query_ids = {q: e.ids for q, e in query_encodings.items()}
@@ -120,16 +132,20 @@ class PairTemplate:
         else:
             score_encodings = _encode_unique(backend, scores)
             score_ids = [score_encodings[s].ids for s in scores]
+        fixed = self._fixed_length(tokenizer, literals)
+        budgets = [
+            max(max_length - fixed - len(query_ids[q]) - len(ids), 0)
+            for q, ids in zip(queries, score_ids, strict=True)
+        ]
+        documents = _excerpts(backend, excerpt, queries, documents, budgets, max_length)
+        doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
         return [
-            self._encode_text(tokenizer, literals, query_ids[q], d.ids, max_length, ids)
-            for q, d, ids in zip(queries, doc_encodings, score_ids, strict=True)
+            self._encode_text(tokenizer, literals, query_ids[q], d.ids[:budget], ids)
+            for q, d, ids, budget in zip(queries, doc_encodings, score_ids, budgets, strict=True)
         ]
 
-    def _encode_pair(self, backend: Any, query: Encoding, document: Encoding, max_length: int) -> EncodedPair:
-        if backend.post_processor is None:
-            raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
-        budget = max_length - len(query.ids) - backend.num_special_tokens_to_add(True)
-        document.truncate(max(budget, 0))  # this pair's own encoding; the query's is shared and left as is
+    def _encode_pair(self, backend: Any, query: Encoding, document: Encoding, budget: int) -> EncodedPair:
+        document.truncate(budget)  # this pair's own encoding; the query's is shared and left as is
         merged = backend.post_processor.process(query, document, True)
         return EncodedPair(list(merged.ids), list(merged.type_ids))
 
@@ -139,20 +155,25 @@ class PairTemplate:
             for p in self._pieces
         ]
 
+    def _affixes(self, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+        prefix = [tokenizer.bos_token_id] if self.prepend_bos and tokenizer.bos_token_id is not None else []
+        suffix = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
+        return prefix, suffix
+
+    def _fixed_length(self, tokenizer: PreTrainedTokenizerBase, literals: list[list[int] | str]) -> int:
+        """Tokens of a rendered text template besides query, score and document: BOS, EOS, literals."""
+        prefix, suffix = self._affixes(tokenizer)
+        return len(prefix) + len(suffix) + sum(len(p) for p in literals if not isinstance(p, str))
+
     def _encode_text(
         self,
         tokenizer: PreTrainedTokenizerBase,
         literals: list[list[int] | str],
         query_ids: list[int],
         doc_ids: list[int],
-        max_length: int,
         score_ids: list[int],
     ) -> EncodedPair:
-        prefix = [tokenizer.bos_token_id] if self.prepend_bos and tokenizer.bos_token_id is not None else []
-        suffix = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
-        fixed = len(prefix) + len(suffix) + len(query_ids) + len(score_ids)
-        fixed += sum(len(p) for p in literals if not isinstance(p, str))
-        doc_ids = doc_ids[: max(max_length - fixed, 0)]
+        prefix, suffix = self._affixes(tokenizer)
         ids = list(prefix)
         for piece in literals:
             if piece == "query":
@@ -165,6 +186,28 @@ class PairTemplate:
                 ids.extend(piece)
         ids.extend(suffix)
         return EncodedPair(ids)
+
+
+def _excerpts(
+    backend: Any,
+    excerpt: str,
+    queries: list[str],
+    documents: list[str],
+    budgets: list[int],
+    max_length: int,
+) -> list[str]:
+    """The documents as given (``first``: truncation keeps their start) or their query-biased excerpts,
+    chosen from a very long document's first ``_CHARS_PER_TOKEN * max_length`` characters (as it is cut
+    before tokenization)."""
+    if excerpt == "first":
+        return documents
+    limit = _CHARS_PER_TOKEN * max_length
+    return query_biased_excerpts(
+        queries,
+        [d[:limit] for d in documents],
+        budgets,
+        lambda texts: [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)],
+    )
 
 
 def _encode_unique(backend: Any, texts: list[str]) -> dict[str, Encoding]:

@@ -261,8 +261,9 @@ def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path, bad):
 
 
 # 9 ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("excerpt", ["first", "query_biased"])
 @pytest.mark.parametrize("style", ["document: {document}; query: {query}", "pair"])
-def test_documents_far_beyond_max_length_are_truncated_fast(style):
+def test_documents_far_beyond_max_length_are_truncated_fast(style, excerpt):
     from lightning_rank.tokenizers import VOCABULARY
 
     tokenizer = load_tokenizer("builtin:words")
@@ -270,11 +271,12 @@ def test_documents_far_beyond_max_length_are_truncated_fast(style):
     document = " ".join(words[i % len(words)] for i in range(200_000))
     template = PairTemplate(style)
     start = time.perf_counter()
-    encoded = template.encode(tokenizer, ["kavo question"] * 16, [document] * 16, 64, 16)
+    encoded = template.encode(tokenizer, ["kavo question"] * 16, [document] * 16, 64, 16, excerpt=excerpt)
     assert time.perf_counter() - start < 1.0  # ~0.03 s; tokenizing the whole documents took 4-7 s
     assert all(len(e.input_ids) <= 64 for e in encoded)
-    head = " ".join(document.split()[:100])  # the same tokens as the whole text, which is truncated away
-    assert encoded[0] == template.encode(tokenizer, ["kavo question"], [head], 64, 16)[0]
+    if excerpt == "first":
+        head = " ".join(document.split()[:100])  # the same tokens as the whole text, truncated away
+        assert encoded[0] == template.encode(tokenizer, ["kavo question"], [head], 64, 16)[0]
 
 
 # 10 -----------------------------------------------------------------------------------------------------

@@ -75,13 +75,19 @@ def test_print_config_round_trip_trains_identically(tmp_path, capsys):
 
 def test_dotted_overrides_reach_trainer_model_and_data(tmp_path):
     main(
-        ["fit", *quick(tmp_path, "--trainer.max_steps", "2", "--data.group_size", "4", "--model.lr", "0.01")]
+        [
+            "fit",
+            *quick(tmp_path, "--trainer.max_steps", "2", "--data.group_size", "4", "--model.lr", "0.01"),
+            "--data.excerpt",
+            "query_biased",
+        ]
     )
     ckpt = next(tmp_path.rglob("*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 2
     assert state["hyper_parameters"]["lr"] == 0.01
     assert state["datamodule_hyper_parameters"]["group_size"] == 4
+    assert state["datamodule_hyper_parameters"]["excerpt"] == "query_biased"
 
 
 @pytest.mark.skipif(not plugin_installed(), reason="pip install -e examples/backbone-plugin")

@@ -30,6 +30,7 @@ class PairCollator:
     max_query_length: int = 64
     pad_to_multiple_of: int | None = None
     length_buckets: int = 1
+    excerpt: str = "first"  # which part of a long document is kept: lightning_rank.excerpts
 
     def __call__(
         self, queries: list[str], documents: list[str], scores: list[str] | None = None
@@ -37,7 +38,13 @@ class PairCollator:
         """``scores``: each pair's first-stage score as text, for templates that show it."""
         return self.collate(
             self.template.encode(
-                self.tokenizer, queries, documents, self.max_length, self.max_query_length, scores
+                self.tokenizer,
+                queries,
+                documents,
+                self.max_length,
+                self.max_query_length,
+                scores,
+                self.excerpt,
             )
         )
 

@@ -44,6 +44,7 @@ from lightning_rank.datamodules.groups import (
 )
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
+from lightning_rank.excerpts import Excerpt, check_excerpt
 from lightning_rank.metrics import read_trec_run
 from lightning_rank.preflight import ConfigError, check_group_size
 
@@ -83,6 +84,7 @@ class RerankDataModule(pl.LightningDataModule):
         rerank_depth: int = 100,
         max_length: int = 256,
         max_query_length: int = 64,
+        excerpt: Excerpt = "first",
         pad_to_multiple_of: int | None = None,
         length_buckets: int = 1,
         num_workers: int = 0,
@@ -119,6 +121,9 @@ class RerankDataModule(pl.LightningDataModule):
                 first-stage scores scale each query's scores over this many (training too).
             max_length: tokens per pair; documents are truncated to fit.
             max_query_length: queries are kept whole up to this many tokens.
+            excerpt: which part of a document longer than its share of ``max_length`` is read: ``first`` (its
+                start) or ``query_biased`` (its first sentence, then the sentences sharing the most query
+                terms, in document order; ``lightning_rank.excerpts``). Training and reranking alike.
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
             length_buckets: sort each batch's pairs by length and pad this many buckets separately (the
                 model scores them one after the other): less padding on passages of mixed lengths.
@@ -127,6 +132,7 @@ class RerankDataModule(pl.LightningDataModule):
         """
         super().__init__()
         check_group_size(group_size)  # at configuration time, before any data is read
+        check_excerpt(excerpt)
         self.save_hyperparameters()
         for name, source in (local_collections or {}).items():
             register_local(name, source)
@@ -164,6 +170,7 @@ class RerankDataModule(pl.LightningDataModule):
             hp.max_query_length,
             hp.pad_to_multiple_of,
             hp.length_buckets,
+            hp.excerpt,
         )
 
     # -- setup -----------------------------------------------------------------------------------------
