@@ -123,7 +123,7 @@ def test_the_data_module_reranks_with_the_configured_excerpt(tmp_path):
     assert matches == {"first": 0, "query_biased": 4}
 
 
-def test_the_cli_takes_the_option_and_refuses_a_bad_value(tmp_path):
+def test_the_cli_refuses_an_unknown_excerpt_naming_the_choices():
     result = cli("fit", "--config", str(REPO / "configs" / "demo.yaml"), "--data.excerpt=middle")
     assert result.returncode != 0
     assert "excerpt" in result.stderr and "query_biased" in result.stderr
