@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, get_args
 
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
 Excerpt = Literal["first", "query_biased"]
-EXCERPTS: tuple[str, ...] = ("first", "query_biased")
+EXCERPTS: tuple[str, ...] = get_args(Excerpt)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"\w\w+")
@@ -68,14 +68,14 @@ def query_biased_excerpts(
     # non-first segments follow a space in the document: count them so (byte-level BPE merges the space)
     flat = [(" " + s if j else s) for parts in split for j, s in enumerate(parts)]
     counts = iter(count_tokens(flat) if flat else [])
+    query_terms = {q: terms(q) for q in set(queries)}  # a query recurs across its group or its candidates
     out = []
     for query, document, budget, parts in zip(queries, documents, budgets, split, strict=True):
         lengths = [next(counts) for _ in parts]
         if sum(lengths) <= budget or not parts or lengths[0] > budget:
             out.append(document)  # fits, or not even the first segment does: truncation decides
             continue
-        wanted = terms(query)
-        overlap = [len(wanted & terms(s)) for s in parts]
+        overlap = [len(query_terms[query] & terms(s)) for s in parts]
         keep, used = {0}, lengths[0]
         for j in sorted(range(1, len(parts)), key=lambda j: (-overlap[j], j)):
             if used + lengths[j] <= budget:
