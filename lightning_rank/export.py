@@ -2,7 +2,8 @@
 
 Layout of an export folder::
 
-    reranker.json        backbone name + constructor args, template, lengths, format version
+    reranker.json        backbone name + constructor args, template, the training's input format (token
+                         budgets and excerpt: ``score()``'s defaults), format version
     backbone/            the backbone's own save_pretrained output (transformers' AutoModel loads it for
                          transformers backbones), tokenizer included; or weights.safetensors + tokenizer
                          for backbones without save_pretrained
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
+from lightning_rank.input_format import InputFormat
 from lightning_rank.lora import merged_copy
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ def export_reranker(module: RerankerModule, folder: str | os.PathLike) -> Path:
             "backbone_weights": weights,
             "template": backbone.template.text,
         }
+        if module.input_format is not None:
+            manifest["input_format"] = module.input_format.as_dict()
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
@@ -97,6 +101,11 @@ def load_reranker(folder: str | os.PathLike, **overrides: Any) -> RerankerModule
     if manifest["backbone_weights"] == "state_dict":
         module.backbone.load_state_dict(load_file(folder / "backbone" / "weights.safetensors"))
     module.head.load_state_dict(load_file(folder / "head.safetensors"))
+    if manifest.get("input_format"):  # absent from exports of untrained models and from older exports
+        try:
+            module.input_format = InputFormat(**manifest["input_format"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{manifest_path}: input_format {manifest['input_format']!r}: {err}") from None
     return module.eval()
 
 

@@ -15,13 +15,16 @@ import numpy as np
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.registry import build_backbone
 from lightning_rank.cuda_graphs import TrainingGraphs, check_cuda_graphs
+from lightning_rank.excerpts import Excerpt
 from lightning_rank.finite_loss import FiniteLossGuard, LossOrigin
+from lightning_rank.input_format import InputFormat
 from lightning_rank.lora import LoraSettings, add_lora
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import DEFAULT_MEASURES, RankingMetrics, parse_measures
@@ -111,6 +114,9 @@ class RerankerModule(pl.LightningModule):
         self._metrics: dict[str, RankingMetrics] = {}
         self._graphs: TrainingGraphs | None = None
         self._guard = FiniteLossGuard(self._raise_nonfinite)
+        # how training rendered pairs: set by `fit` from the data module, kept in checkpoints and exports, the
+        # default of `score()`; None for a model that has not been trained here
+        self.input_format: InputFormat | None = None
 
     def _freeze(self, patterns: Sequence[str]) -> None:
         for pattern in patterns:
@@ -222,10 +228,20 @@ class RerankerModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._guard.check(wait=True)  # a checkpoint never holds weights a non-finite loss has touched
         checkpoint["rng_states"] = _rng_states()
+        if self.input_format is not None:
+            checkpoint["input_format"] = self.input_format.as_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
+        saved = checkpoint.get("input_format")  # checkpoints from before it was recorded: the data's settings
+        loaded = (
+            InputFormat(**saved)
+            if saved
+            else InputFormat.from_settings(checkpoint.get("datamodule_hyper_parameters"))
+        )
+        if loaded is not None:
+            self.input_format = loaded
         # Lightning hands the saved stream position only to a train loader it builds after restoring the
         # loops, but configure_optimizers (estimated_stepping_batches) builds it before: without this the
         # stream would restart at the epoch's first batch. Applied in on_train_start (twice is harmless).
@@ -239,6 +255,8 @@ class RerankerModule(pl.LightningModule):
         self._guard.check(wait=True)
 
     def on_train_start(self) -> None:
+        # after any checkpoint is restored: a resumed fit records the settings it now trains with
+        self.input_format = self._data_input_format() or self.input_format
         states, self._stream_states = getattr(self, "_stream_states", []), []
         loaders = self.trainer.train_dataloader
         loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
@@ -247,6 +265,32 @@ class RerankerModule(pl.LightningModule):
             loader.load_state_dict(state)
 
     # -- evaluation --------------------------------------------------------------------------------------
+    def _data_input_format(self) -> InputFormat | None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return InputFormat.from_settings(getattr(datamodule, "hparams", None))
+
+    def _warn_if_rendered_unlike_training(self) -> None:
+        """Warn when test/predict/validate render pairs unlike the fit that trained these weights."""
+        now = self._data_input_format()
+        if self.input_format is None or now is None or self.trainer.state.fn == "fit":
+            return
+        changes = self.input_format.differences(now)
+        if changes:
+            rank_zero_warn(
+                f"these weights were trained on pairs rendered with other data settings (training -> now: "
+                f"{'; '.join(changes)}): scores will not be what training measured. Pass the fit's data "
+                "settings (its config) unless the change is meant."
+            )
+
+    def on_validation_start(self) -> None:
+        self._warn_if_rendered_unlike_training()
+
+    def on_test_start(self) -> None:
+        self._warn_if_rendered_unlike_training()
+
+    def on_predict_start(self) -> None:
+        self._warn_if_rendered_unlike_training()
+
     def _metric(self, stage: str) -> RankingMetrics:
         if stage not in self._metrics:
             split = self.trainer.datamodule.eval_split(stage)
@@ -300,23 +344,25 @@ class RerankerModule(pl.LightningModule):
         queries: Sequence[str],
         documents: Sequence[str],
         batch_size: int = 64,
-        max_length: int = 256,
-        max_query_length: int = 64,
+        max_length: int | None = None,
+        max_query_length: int | None = None,
         first_stage: Sequence[str] | None = None,
-        excerpt: str = "first",
+        excerpt: Excerpt | None = None,
     ) -> Tensor:
-        """Relevance scores of (query, document) pairs, rendered exactly as in training. A backbone whose
-        template shows first-stage scores (``pair+score``) needs each pair's as text (``first_stage``),
-        scaled as in training: ``lightning_rank.datamodules.first_stage.score_texts``. ``excerpt``: the
-        part of a long document read, as ``data.excerpt`` was in training (``first`` or ``query_biased``)."""
+        """Relevance scores of (query, document) pairs, rendered exactly as in training. ``max_length``,
+        ``max_query_length`` and ``excerpt`` (the part of a long document read) default to the training's
+        data settings, which checkpoints and exports keep (``input_format``; 256, 64 and ``first`` for a model
+        not trained here). A backbone whose template shows first-stage scores (``pair+score``) needs each
+        pair's as text (``first_stage``), scaled as in training: ``datamodules.first_stage.score_texts``."""
         from lightning_rank.datamodules.collate import PairCollator
 
+        trained = self.input_format or InputFormat()
         collate = PairCollator(
             self.backbone.tokenizer,
             self.backbone.template,
-            max_length,
-            max_query_length,
-            excerpt=excerpt,
+            trained.max_length if max_length is None else max_length,
+            trained.max_query_length if max_query_length is None else max_query_length,
+            excerpt=trained.excerpt if excerpt is None else excerpt,
         )
         out = []
         for i in range(0, len(queries), batch_size):

@@ -1,0 +1,52 @@
+"""How training rendered (query, document) pairs, kept with checkpoints and exports.
+
+A cross-encoder scores best on input shaped as in training: the same token budget per pair and per query, and
+the same part of a long document (``data.excerpt``). These are data-module settings, so without this record a
+model scored outside the trainer (``RerankerModule.score``, an export) would silently read its input
+differently, e.g. the first 256 tokens where it was trained on 128-token query-biased excerpts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from lightning_rank.excerpts import Excerpt, check_excerpt
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFormat:
+    """The data settings that shape a pair's tokens; the defaults are ``RerankDataModule``'s."""
+
+    max_length: int = 256
+    max_query_length: int = 64
+    excerpt: Excerpt = "first"
+
+    def __post_init__(self) -> None:
+        check_excerpt(self.excerpt)
+        for name in ("max_length", "max_query_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"input format: {name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> InputFormat | None:
+        """The format named by a data module's hyper-parameters; None where they name none of its fields
+        (another data module, or a checkpoint written without one)."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        if not settings or not any(name in settings for name in names):
+            return None
+        return cls(**{name: settings[name] for name in names if name in settings})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for checkpoints (``weights_only`` loading) and export manifests."""
+        return dataclasses.asdict(self)
+
+    def differences(self, other: InputFormat) -> list[str]:
+        """``data.<name>: <self> -> <other>`` for each setting that differs."""
+        return [
+            f"data.{field.name}: {getattr(self, field.name)!r} -> {getattr(other, field.name)!r}"
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) != getattr(other, field.name)
+        ]
