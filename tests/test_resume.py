@@ -151,6 +151,42 @@ def test_sigterm_during_validation_in_fit_names_the_checkpoint_kept(tmp_path: Pa
     assert load(last)["global_step"] == 10 and "Traceback" not in run.stderr
 
 
+def test_a_resume_from_an_epochs_end_starts_the_next_epoch_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Epochs cut short by ``limit_train_batches``: a resume from the end-of-epoch checkpoint neither
+    repeats nor skips a batch (its per-step losses are the uninterrupted run's) and ends at its weights."""
+
+    def every_epoch(root: Path) -> tuple[str, ...]:
+        saver = {"class_path": "ModelCheckpoint", "init_args": {
+            "dirpath": str(root / "epochs"), "save_top_k": -1, "filename": "{epoch}",
+            "save_on_train_epoch_end": True}}  # fmt: skip
+        return ("--trainer.max_steps", "-1", "--trainer.max_epochs", "3",
+                "--trainer.limit_train_batches", "5", "--trainer.log_every_n_steps", "1",
+                "--validate_after_fit", "false",
+                "--trainer.callbacks+", json.dumps(saver))  # fmt: skip
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run = cli(*fit_args(whole, *every_epoch(whole)))
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = cli(
+        *fit_args(resumed, *every_epoch(resumed), "--ckpt_path", str(whole / "epochs" / "epoch=0.ckpt"))
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    def losses(root: Path) -> dict[int, float]:
+        (metrics,) = root.rglob("metrics.csv")
+        return {
+            int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(metrics.open()) if r["train/loss"]
+        }
+
+    after_epoch_0 = {step: loss for step, loss in losses(whole).items() if step >= 5}
+    assert sorted(after_epoch_0) == list(range(5, 15))
+    assert losses(resumed) == after_epoch_0
+    expected, got = load(whole / "epochs" / "epoch=2.ckpt"), load(resumed / "epochs" / "epoch=2.ckpt")
+    assert expected["global_step"] == got["global_step"] == 15
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 def test_random_generators_are_restored_with_the_checkpoint() -> None:
     """Dropout masks after a resume are the ones the uninterrupted run would have drawn."""
     import random
