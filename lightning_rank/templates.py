@@ -32,6 +32,7 @@ PAIR_STYLES = (PAIR, PAIR_WITH_SCORE)  # the tokenizer's own pair format, no EOS
 CAUSAL_TEMPLATE = "document: {document}; query: {query}"
 
 _FIELD = re.compile(r"\{(query|document|score)\}")
+_SAMPLE_SCORES = ("0", "57", "100", "-25")  # as datamodules.first_stage.score_texts renders them
 _CHARS_PER_TOKEN = 32  # real text has 3-6 characters per token: the cut keeps several times what fits
 
 
@@ -73,6 +74,21 @@ class PairTemplate:
     def needs_score(self) -> bool:
         """Whether each pair shows its candidate's first-stage score (rendered text) to the reranker."""
         return self.text == PAIR_WITH_SCORE or "score" in self._pieces
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
+        """Refuse a score-showing template whose tokenizer reads scores as unknown tokens: the reranker would
+        see the same ``[UNK]`` for every candidate (the built-in word tokenizer has no numbers)."""
+        if not self.needs_score or tokenizer.unk_token_id is None:
+            return
+        ids = tokenizer(list(_SAMPLE_SCORES), add_special_tokens=False)["input_ids"]
+        unk = tokenizer.unk_token_id
+        unread = [text for text, row in zip(_SAMPLE_SCORES, ids, strict=True) if unk in row]
+        if unread:
+            raise ValueError(
+                f"template {self.text!r} shows first-stage scores as whole numbers, but tokenizer {source!r} "
+                f"reads {', '.join(unread)} as {tokenizer.unk_token!r}: the reranker would see no score. Use "
+                "a tokenizer that has digits (any pretrained model's), or a template without scores"
+            )
 
     def encode(
         self,

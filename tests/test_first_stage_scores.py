@@ -16,6 +16,7 @@ from lightning_rank.datamodules import RerankDataModule, register_beir_folder
 from lightning_rank.datamodules.collections import load_dataset
 from lightning_rank.datamodules.first_stage import score_texts
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
+from lightning_rank.module import RerankerModule
 from lightning_rank.preflight import ConfigError
 from lightning_rank.templates import PAIR_WITH_SCORE, PairTemplate
 
@@ -204,3 +205,15 @@ def test_training_batches_show_each_candidates_scaled_score_and_skip_unscored_po
     docpairs.use_backbone(SimpleNamespace(tokenizer=tokenizer, template=PairTemplate(PAIR_WITH_SCORE)))
     with pytest.raises(ConfigError, match="docpairs do not have"):
         docpairs.setup("fit")
+
+
+@pytest.mark.parametrize("template", ["pair+score", "document: {document}; score: {score}; query: {query}"])
+def test_a_tokenizer_that_reads_scores_as_unknown_is_refused_before_training(template, tmp_path):
+    """The demo's word tokenizer has no numbers: every candidate would show the same [UNK] as its score."""
+    config = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    words = {"tokenizer": "builtin:words", "template": template, "config": config}
+    with pytest.raises(ValueError, match=r"'builtin:words' reads 0, 57, 100, -25 as '\[UNK\]'.*digits"):
+        RerankerModule(backbone="bert", backbone_args=words)
+    numbers_tokenizer().save_pretrained(tmp_path / "numbers")
+    module = RerankerModule(backbone="bert", backbone_args={**words, "tokenizer": str(tmp_path / "numbers")})
+    assert module.backbone.template.needs_score

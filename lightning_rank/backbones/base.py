@@ -43,6 +43,7 @@ class Backbone(nn.Module):
         self.tokenizer = load_tokenizer(source)
         text = template or self.default_template
         self.template = PairTemplate(text, append_eos=text not in PAIR_STYLES, prepend_bos=self.prepend_bos)
+        self.template.check_tokenizer(self.tokenizer, source)
 
     @property
     def hidden_size(self) -> int:
