@@ -33,9 +33,11 @@ def bm25_run(
     stemmer: str | None = "english",
     stopwords: str | None = "en",
     judged: bool = False,
+    qrels: dict[str, dict[str, int]] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries; with
-    ``judged``, also score each query's judged documents outside them (empty otherwise): ``(top, below)``."""
+    ``judged``, also score each query's judged documents outside them (empty otherwise): ``(top, below)``.
+    ``qrels``: the dataset's, where the caller has read them already."""
     ds = load_dataset(dataset)
     doc_ids, texts = [], []
     for doc in ds.docs_iter():
@@ -63,7 +65,7 @@ def bm25_run(
     below: dict[str, dict[str, float]] = {}
     if judged and ds.has_qrels():
         position = {d: i for i, d in enumerate(doc_ids)}
-        qrels = ds.qrels_dict()
+        qrels = ds.qrels_dict() if qrels is None else qrels
         words = bm25s.tokenize(
             [queries[q] for q in qids], stopwords=stopwords, stemmer=stem, show_progress=False,
             return_ids=False,
@@ -108,7 +110,9 @@ def bm25(
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
     start = time.perf_counter()
-    top, below = bm25_run(dataset, depth, k1, b, stemmer, judged=judged)
+    ds = load_dataset(dataset)
+    qrels = ds.qrels_dict() if judged and ds.has_qrels() else None  # read once: the judged run and the report
+    top, below = bm25_run(dataset, depth, k1, b, stemmer, judged=judged, qrels=qrels)
     run = {qid: {**docs, **below.get(qid, {})} for qid, docs in top.items()}  # the judged rank below
     # the printed metrics are of the top depth alone, without the judged extras
-    return write_and_report(run, output, dataset, tag, start, measures, evaluated=top)
+    return write_and_report(run, output, dataset, tag, start, measures, evaluated=top, qrels=qrels)

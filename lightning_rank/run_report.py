@@ -11,10 +11,11 @@ from lightning_rank.metrics import DEFAULT_MEASURES, Run, evaluate_run, write_tr
 
 def write_and_report(
     run: Run, output: str, dataset: str, tag: str, started: float, measures: list[str] | None = None,
-    evaluated: Run | None = None,
+    evaluated: Run | None = None, qrels: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Write ``run`` (atomically, its folder created) and, when ``dataset`` has qrels, print and return the
-    measures of ``evaluated`` (default: ``run``); ``started`` is the ``perf_counter`` the work began at."""
+    measures of ``evaluated`` (default: ``run``); ``started`` is the ``perf_counter`` the work began at.
+    ``qrels``: the dataset's, where the caller has read them already."""
     Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(run, output, tag=tag)
     entries = sum(len(v) for v in run.values())
@@ -23,6 +24,7 @@ def write_and_report(
     if not ds.has_qrels():
         return {}
     judged = run if evaluated is None else evaluated
-    values = evaluate_run(judged, ds.qrels_dict(), measures or list(DEFAULT_MEASURES))
+    qrels = ds.qrels_dict() if qrels is None else qrels
+    values = evaluate_run(judged, qrels, measures or list(DEFAULT_MEASURES))
     print("  ".join(f"{m}={v:.4f}" for m, v in values.items()))
     return values
