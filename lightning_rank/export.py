@@ -122,4 +122,11 @@ def export_checkpoint(ckpt_path: str, output: str) -> None:
         raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
     module = RerankerModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     folder = export_reranker(module, output)
-    print(f"exported {ckpt_path} to {folder}")
+    trained = module.input_format
+    renders = (
+        f"scores pairs as its fit did: max_length {trained.max_length}, max_query_length "
+        f"{trained.max_query_length}, excerpt {trained.excerpt}"
+        if trained is not None
+        else "no fit settings recorded: score() uses its defaults"
+    )
+    print(f"exported {ckpt_path} to {folder}; {renders}")

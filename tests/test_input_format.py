@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import re
 import warnings
@@ -23,13 +25,15 @@ SETTINGS = ["--data.max_length", "40", "--data.max_query_length", "12", "--data.
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A demo fit on 40-token query-biased excerpts, its checkpoint and its export."""
+    """A demo fit on 40-token query-biased excerpts: its checkpoint, its export and what export printed."""
     root = tmp_path_factory.mktemp("fit")
     main(["fit", *quick(root, *SETTINGS)])
     (ckpt,) = root.rglob("last.ckpt")
     export = root / "export"
-    main(["export", "--ckpt_path", str(ckpt), "--output", str(export)])
-    return ckpt, export
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["export", "--ckpt_path", str(ckpt), "--output", str(export)])
+    return ckpt, export, printed.getvalue()
 
 
 def test_the_defaults_are_the_data_modules():
@@ -38,7 +42,8 @@ def test_the_defaults_are_the_data_modules():
 
 
 def test_checkpoint_and_export_keep_the_fits_input_format(trained):
-    ckpt, export = trained
+    ckpt, export, printed = trained
+    assert "scores pairs as its fit did: max_length 40, max_query_length 12, excerpt query_biased" in printed
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["input_format"] == TRAINED.as_dict()
     assert RerankerModule.load_from_checkpoint(ckpt, weights_only=True).input_format == TRAINED
     assert json.loads((export / "reranker.json").read_text())["input_format"] == TRAINED.as_dict()
