@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_session.sh hf-graphs  # the same with model.cuda_graphs (dense and realistic)
 #   bash benchmarks/gpu_session.sh fsdp       # FSDP preset: fit of a tiny and a 130M-class backbone; FSDP2 tiny
 #   bash benchmarks/gpu_session.sh kernels    # waits for the build; kernel parity tests; Mamba speed study
-#   bash benchmarks/gpu_session.sh mamba      # throughput harness, Mamba backbones, eager and CUDA graphs
+#   bash benchmarks/gpu_session.sh mamba      # throughput harness, Mamba backbones: training eager and with
+#                                             # CUDA graphs, reranking eager
 # Logs go to $OUT (or ./gpu-out). .whl/ holds our dependencies missing there (ir_datasets, ir_measures,
 # jsonargparse, omegaconf, bm25s, ...) as cp312 manylinux wheels: see CONTRIBUTING.md.
 set -uo pipefail
@@ -87,6 +88,9 @@ mamba)
     run python3 benchmarks/throughput.py --backbones mamba1 mamba2 --tasks train --shapes realistic \
         --cuda-graphs --pad-to-multiple-of 32 --json "$OUT/throughput-mamba-realistic.json" 2>&1 \
         | grep -v -i warn | tee "$OUT/throughput-mamba-realistic.txt"
+    # reranking (inference, eager): the rows missing from RESULTS.md's harness tables
+    run python3 benchmarks/throughput.py --backbones mamba1 mamba2 --tasks rerank --shapes dense realistic \
+        --json "$OUT/throughput-mamba-rerank.json" 2>&1 | grep -v -i warn | tee "$OUT/throughput-mamba-rerank.txt"
     ;;
 *)
     echo "unknown phase $1" >&2
