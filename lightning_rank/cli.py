@@ -2,8 +2,8 @@
 
 ``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run;
 ``lightning-rank dense`` rescores a run with a pretrained bi-encoder (a teacher to fuse and distil);
-``lightning-rank export`` writes a checkpoint as a plain folder; ``lightning-rank fuse`` interpolates a
-reranked run with its first-stage run.
+``lightning-rank export`` writes a checkpoint as a plain folder, and ``lightning-rank rerank`` reranks a run
+with that folder; ``lightning-rank fuse`` interpolates a reranked run with its first-stage run.
 Lightning is imported only for the trainer subcommands, after pre-flight checks of the command line and its
 config files; bad input ends with one ``error:`` message and exit status 2, never a traceback.
 """
@@ -45,6 +45,7 @@ FUNCTION_SUBCOMMANDS = {
     "dense": "lightning_rank.dense:dense",
     "export": "lightning_rank.export:export_checkpoint",
     "fuse": "lightning_rank.fusion:fuse",
+    "rerank": "lightning_rank.rerank:rerank",
 }
 
 

@@ -11,13 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lightning_rank.datamodules.collections import (
-    LocalFiles,
-    load_dataset,
-    register_local,
-    require_dataset,
-)
-from lightning_rank.datamodules.documents import DocumentLookup
+from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
+from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.metrics import Run, read_trec_run
 from lightning_rank.preflight import InputError
 from lightning_rank.run_report import write_and_report
@@ -49,19 +44,7 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
 def dense_scores(dataset: str, candidates: Run, encoder: Any, batch_size: int = 64) -> Run:
     """Cosine similarity of each query to each of its candidates. Every distinct document is embedded once,
     however many queries list it. A run with queries or documents ``dataset`` lacks is refused up front."""
-    queries = {q.query_id: q.default_text() for q in load_dataset(dataset).queries_iter()}
-    missing_queries = sorted(q for q in candidates if q not in queries)
-    if len(missing_queries) == len(candidates):
-        raise ValueError(f"none of the run's queries is a query of {dataset}; pass the run of that dataset")
-    listed = {d for docs in candidates.values() for d in docs}
-    texts = DocumentLookup(dataset).texts(listed)
-    missing_docs = sorted(listed - texts.keys())
-    if missing_queries or missing_docs:
-        raise ValueError(
-            f"the run is not a run over {dataset}: {len(missing_queries)} of its queries and "
-            f"{len(missing_docs)} of its documents are not in the dataset (e.g. "
-            f"{(missing_queries or missing_docs)[:3]}); pass the dataset the run was made for"
-        )
+    queries, texts = run_texts(dataset, candidates)
     qids, doc_ids = list(candidates), sorted(texts)
     encode = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
     doc_vectors = encoder.encode([texts[d] for d in doc_ids], **encode)

@@ -53,3 +53,37 @@ def tiny_bi_encoder(folder: Path) -> Path:
 @pytest.fixture
 def run_cli():
     return cli
+
+
+# data settings of the `trained` fit: unlike the demo config's, so a scorer that ignores them is caught
+TRAINED_SETTINGS = [
+    "--data.max_length",
+    "40",
+    "--data.max_query_length",
+    "12",
+    "--data.excerpt",
+    "query_biased",
+]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A 3-step demo fit on 40-token query-biased excerpts: its checkpoint, its export (``lightning-rank
+    export``) and what export printed. Shared by the input-format and rerank tests."""
+    import contextlib
+    import io
+
+    from lightning_rank.cli import main
+
+    root = tmp_path_factory.mktemp("fit")
+    main([
+        "fit", "--config", str(REPO / "configs" / "demo.yaml"), "--trainer.max_steps", "3",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--validate_before_fit", "false", "--validate_after_fit", "false", *TRAINED_SETTINGS,
+    ])  # fmt: skip
+    (ckpt,) = root.rglob("last.ckpt")
+    export = root / "export"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["export", "--ckpt_path", str(ckpt), "--output", str(export)])
+    return ckpt, export, printed.getvalue()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
 import json
 import re
 import warnings
 
 import pytest
 import torch
-from test_cli import DEMO, quick
+from conftest import TRAINED_SETTINGS as SETTINGS
+from test_cli import DEMO
 from test_excerpts import DOC, QUERY
 
 from lightning_rank.cli import main
@@ -20,20 +19,6 @@ from lightning_rank.input_format import InputFormat
 from lightning_rank.module import RerankerModule
 
 TRAINED = InputFormat(max_length=40, max_query_length=12, excerpt="query_biased")
-SETTINGS = ["--data.max_length", "40", "--data.max_query_length", "12", "--data.excerpt", "query_biased"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A demo fit on 40-token query-biased excerpts: its checkpoint, its export and what export printed."""
-    root = tmp_path_factory.mktemp("fit")
-    main(["fit", *quick(root, *SETTINGS)])
-    (ckpt,) = root.rglob("last.ckpt")
-    export = root / "export"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        main(["export", "--ckpt_path", str(ckpt), "--output", str(export)])
-    return ckpt, export, printed.getvalue()
 
 
 def test_the_defaults_are_the_data_modules():

@@ -1,0 +1,87 @@
+"""``lightning-rank rerank``: rerank a run's top candidates with an exported reranker, without a config.
+
+``lightning-rank predict`` reranks with a checkpoint and the fit's config; an export (``lightning-rank
+export``) is a plain folder that carries what scoring needs (backbone, head, template and the fit's input
+format), so this command takes the folder, a dataset and a run. Pairs are rendered as the fit rendered them;
+a template that shows first-stage scores reads the run's own, scaled per query over ``depth`` as in training.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+import torch
+
+from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
+from lightning_rank.datamodules.documents import run_texts
+from lightning_rank.datamodules.first_stage import score_texts
+from lightning_rank.metrics import Run, read_trec_run
+from lightning_rank.preflight import InputError
+from lightning_rank.run_report import write_and_report
+
+
+def top_candidates(run: Run, depth: int) -> Run:
+    """Each query's ``depth`` highest-scored documents (ties: the run's order)."""
+    return {
+        qid: dict(heapq.nlargest(depth, docs.items(), key=lambda item: item[1])) for qid, docs in run.items()
+    }
+
+
+def rerank(
+    model: str,
+    dataset: str,
+    run: str,
+    output: str,
+    depth: int = 100,
+    batch_size: int = 64,
+    device: str | None = None,
+    local_collections: dict[str, str | LocalFiles] | None = None,
+    measures: list[str] | None = None,
+    tag: str = "reranker",
+) -> dict[str, float]:
+    """Write the top ``depth`` candidates of ``run`` rescored by an exported reranker; with qrels, print
+    their metrics.
+
+    Args:
+        model: the folder ``lightning-rank export`` wrote.
+        dataset: ir_datasets id whose queries and corpus the run is over (a registered ``NAME/test``).
+        run: the TREC run to rerank (e.g. ``lightning-rank bm25``'s).
+        output: TREC run file to write (atomically; its folder is created).
+        depth: candidates reranked per query (the run's highest scored).
+        batch_size: pairs scored per forward pass.
+        device: torch device (default: CUDA when available, else CPU).
+        local_collections: ``{name: folder or files}`` collections to register first (see README).
+        measures: ir_measures names to report when the dataset has qrels.
+        tag: the run tag (last TREC column).
+    """
+    from lightning_rank.module import RerankerModule
+
+    if depth < 1 or batch_size < 1:
+        raise InputError(f"--depth and --batch_size must be positive, got {depth} and {batch_size}")
+    for name, source in (local_collections or {}).items():
+        register_local(name, source)
+    require_dataset(dataset, "--dataset", register_option="--local_collections")
+    candidates = top_candidates(read_trec_run(run), depth)
+    if not candidates:
+        raise ValueError(f"{run}: the run is empty; nothing to rerank")
+    reranker = RerankerModule.from_pretrained(model).to(
+        device or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    start = time.perf_counter()
+    try:
+        queries, texts = run_texts(dataset, candidates)
+    except ValueError as err:
+        raise ValueError(f"{run}: {err}") from err
+    pairs = [(qid, doc) for qid, docs in candidates.items() for doc in docs]
+    shown = score_texts(candidates, depth) if reranker.backbone.template.needs_score else None
+    scores = reranker.score(
+        [queries[q] for q, _ in pairs],
+        [texts[d] for _, d in pairs],
+        batch_size=batch_size,
+        first_stage=[shown[q][d] for q, d in pairs] if shown is not None else None,
+    )
+    reranked: Run = {}
+    for (qid, doc), score in zip(pairs, scores.tolist(), strict=True):
+        reranked.setdefault(qid, {})[doc] = score
+    return write_and_report(reranked, output, dataset, tag, start, measures)
