@@ -364,13 +364,19 @@ class RerankerModule(pl.LightningModule):
             trained.max_query_length if max_query_length is None else max_query_length,
             excerpt=trained.excerpt if excerpt is None else excerpt,
         )
-        out = []
-        for i in range(0, len(queries), batch_size):
-            shown = list(first_stage[i : i + batch_size]) if first_stage is not None else None
-            batch = collate(list(queries[i : i + batch_size]), list(documents[i : i + batch_size]), shown)
+        if len(queries) != len(documents) or (first_stage is not None and len(first_stage) != len(queries)):
+            given = f", {len(first_stage)} first-stage scores" if first_stage is not None else ""
+            raise ValueError(f"{len(queries)} queries but {len(documents)} documents{given}: one per pair")
+        # batches of similar lengths pad less; a pair's score does not depend on its batch
+        order = sorted(range(len(documents)), key=lambda i: len(documents[i]) + len(queries[i]))
+        scores = torch.empty(len(order))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            shown = [first_stage[i] for i in rows] if first_stage is not None else None
+            batch = collate([queries[i] for i in rows], [documents[i] for i in rows], shown)
             tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
-            out.append(self._score(tensors).cpu())
-        return torch.cat(out) if out else torch.empty(0)
+            scores[rows] = self._score(tensors).float().cpu()
+        return scores
 
     # -- optimization ------------------------------------------------------------------------------------
     def optimizer_param_groups(self) -> list[dict[str, Any]]:

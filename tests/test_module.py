@@ -31,6 +31,15 @@ def test_length_buckets_give_the_same_scores(bert):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_score_batches_pairs_by_length_and_returns_them_in_the_order_given(bert):
+    """``score`` sorts pairs by length to pad less: each score still belongs to its own pair."""
+    alone = torch.cat([bert.score([q], [d]) for q, d in zip(QUERIES, DOCS, strict=True)])
+    torch.testing.assert_close(bert.score(QUERIES, DOCS, batch_size=2), alone, atol=1e-5, rtol=0)
+    assert bert.score([], []).shape == (0,)
+    with pytest.raises(ValueError, match="4 queries but 3 documents"):
+        bert.score(QUERIES, DOCS[:3])
+
+
 def test_export_round_trip_scores_equal_and_backbone_loads_with_automodel(bert, tmp_path):
     from transformers import AutoModel
 
