@@ -16,6 +16,8 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
+from rich.console import Console
+from rich.progress import track
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -348,12 +350,14 @@ class RerankerModule(pl.LightningModule):
         max_query_length: int | None = None,
         first_stage: Sequence[str] | None = None,
         excerpt: Excerpt | None = None,
+        progress: bool = False,
     ) -> Tensor:
         """Relevance scores of (query, document) pairs, rendered exactly as in training. ``max_length``,
         ``max_query_length`` and ``excerpt`` (the part of a long document read) default to the training's
         data settings, which checkpoints and exports keep (``input_format``; 256, 64 and ``first`` for a model
         not trained here). A backbone whose template shows first-stage scores (``pair+score``) needs each
-        pair's as text (``first_stage``), scaled as in training: ``datamodules.first_stage.score_texts``."""
+        pair's as text (``first_stage``), scaled as in training: ``datamodules.first_stage.score_texts``.
+        ``progress``: a progress bar over the batches, on stderr."""
         from lightning_rank.datamodules.collate import PairCollator
 
         trained = self.input_format or InputFormat()
@@ -370,7 +374,10 @@ class RerankerModule(pl.LightningModule):
         # batches of similar lengths pad less; a pair's score does not depend on its batch
         order = sorted(range(len(documents)), key=lambda i: len(documents[i]) + len(queries[i]))
         scores = torch.empty(len(order))
-        for start in range(0, len(order), batch_size):
+        starts = range(0, len(order), batch_size)
+        if progress:
+            starts = track(starts, description="scoring", transient=True, console=Console(stderr=True))
+        for start in starts:
             rows = order[start : start + batch_size]
             shown = [first_stage[i] for i in rows] if first_stage is not None else None
             batch = collate([queries[i] for i in rows], [documents[i] for i in rows], shown)

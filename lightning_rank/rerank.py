@@ -9,6 +9,7 @@ a template that shows first-stage scores reads the run's own, scaled per query o
 from __future__ import annotations
 
 import heapq
+import sys
 import time
 
 import torch
@@ -79,6 +80,7 @@ def rerank(
         [queries[q] for q, _ in pairs],
         [texts[d] for _, d in pairs],
         batch_size=batch_size,
+        progress=sys.stderr.isatty(),
         first_stage=[shown[q][d] for q, d in pairs] if shown is not None else None,
     )
     reranked: Run = {}
