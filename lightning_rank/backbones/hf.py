@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from lightning_rank.backbones.base import Backbone, Pooling
 from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR
@@ -33,6 +34,15 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _LAYER_NAME = re.compile(r"(Layer|Block)$")
 _PROBE_TIMEOUT_S = 3.0
+
+
+def _without_pooler(config: PretrainedConfig) -> dict[str, Any]:
+    """``add_pooling_layer=False`` for model classes that take it (BERT, RoBERTa): rerankers pool hidden
+    states themselves, and an export (saved without the pooler) then loads without transformers reporting
+    the pooler as missing and newly initialised."""
+    model_class = MODEL_MAPPING.get(type(config), None)
+    init = inspect.signature(model_class.__init__).parameters if model_class is not None else {}
+    return {"add_pooling_layer": False} if "add_pooling_layer" in init else {}
 
 
 class HubModelNotCachedError(OSError):
@@ -103,6 +113,7 @@ class HFBackbone(Backbone):
                 dtype=torch_dtype,
                 attn_implementation=attn_implementation,
                 trust_remote_code=trust_remote_code,
+                **_without_pooler(model_config),
             )
         else:
             model_config = AutoConfig.from_pretrained(
@@ -120,8 +131,9 @@ class HFBackbone(Backbone):
                 dtype=torch_dtype,
                 attn_implementation=attn_implementation,
                 trust_remote_code=trust_remote_code,
+                **_without_pooler(model_config),
             )
-        self._drop_pooler()
+        self._drop_pooler()  # a model class outside transformers' mapping (remote code) may still have one
         self._cover_tokenizer()
         self._check_position_padding()
         params = inspect.signature(self.model.forward).parameters
