@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
-from conftest import TRAINED_SETTINGS, cli
+from conftest import TRAINED_SETTINGS
 from test_cli import DEMO
 
 from lightning_rank.cli import main
@@ -22,16 +24,20 @@ def predicted(trained, tmp_path_factory):
     return out / "run.trec"
 
 
-def rerank(export, run, output, *extra: str):
-    return cli("rerank", "--model", str(export), "--dataset", "lightning-rank/demo/dev", "--run", str(run),
-               "--output", str(output), "--device", "cpu", *extra)  # fmt: skip
+def rerank(capsys, export, run, output, *extra: str) -> SimpleNamespace:
+    """``lightning-rank rerank`` run in this process (the console script's entry point): status, output."""
+    capsys.readouterr()
+    returncode = main(["rerank", "--model", str(export), "--dataset", "lightning-rank/demo/dev",
+                       "--run", str(run), "--output", str(output), "--device", "cpu", *extra])  # fmt: skip
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=returncode, stdout=captured.out, stderr=captured.err)
 
 
 def test_an_export_reranks_a_run_to_the_scores_predict_gives_with_the_checkpoint(
-    trained, predicted, tmp_path
+    trained, predicted, tmp_path, capsys
 ):
     out = tmp_path / "reranked.trec"
-    done = rerank(trained[1], predicted, out)
+    done = rerank(capsys, trained[1], predicted, out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "nDCG@10=" in done.stdout  # the demo's dev queries have qrels
     expected, got = read_trec_run(predicted), read_trec_run(out)
@@ -41,22 +47,24 @@ def test_an_export_reranks_a_run_to_the_scores_predict_gives_with_the_checkpoint
             assert got[qid][doc] == pytest.approx(score, abs=1e-5), (qid, doc)
 
 
-def test_depth_keeps_each_querys_highest_scored_candidates(trained, predicted, tmp_path):
+def test_depth_keeps_each_querys_highest_scored_candidates(trained, predicted, tmp_path, capsys):
     candidates = read_trec_run(predicted)
     out = tmp_path / "top3.trec"
-    done = rerank(trained[1], predicted, out, "--depth", "3")
+    done = rerank(capsys, trained[1], predicted, out, "--depth", "3")
     assert done.returncode == 0, done.stderr[-3000:]
     got = read_trec_run(out)
     for qid, docs in candidates.items():
         assert set(got[qid]) == set(sorted(docs, key=docs.get, reverse=True)[:3])
 
 
-def test_a_folder_that_is_not_an_export_or_a_run_of_another_dataset_is_refused(trained, predicted, tmp_path):
-    done = rerank(tmp_path, predicted, tmp_path / "out.trec")
+def test_a_folder_that_is_not_an_export_or_a_run_of_another_dataset_is_refused(
+    trained, predicted, tmp_path, capsys
+):
+    done = rerank(capsys, tmp_path, predicted, tmp_path / "out.trec")
     assert done.returncode == 2 and "is not a lightning-rank export" in done.stderr
     foreign = tmp_path / "foreign.trec"
     write_trec_run({"no-such-query": {"no-such-doc": 1.0}}, foreign)
-    done = rerank(trained[1], foreign, tmp_path / "out.trec")
+    done = rerank(capsys, trained[1], foreign, tmp_path / "out.trec")
     assert (
         done.returncode == 2
         and "none of the run's queries is a query of lightning-rank/demo/dev" in done.stderr
