@@ -41,8 +41,7 @@ def rerank(
     measures: list[str] | None = None,
     tag: str = "reranker",
 ) -> dict[str, float]:
-    """Write the top ``depth`` candidates of ``run`` rescored by an exported reranker; with qrels, print
-    their metrics.
+    """Write ``run``'s top ``depth`` candidates rescored by an exported reranker; with qrels, print metrics.
 
     Args:
         model: the folder ``lightning-rank export`` wrote.
