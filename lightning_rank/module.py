@@ -360,6 +360,9 @@ class RerankerModule(pl.LightningModule):
         ``progress``: a progress bar over the batches, on stderr."""
         from lightning_rank.datamodules.collate import PairCollator
 
+        if len(queries) != len(documents) or (first_stage is not None and len(first_stage) != len(queries)):
+            given = f", {len(first_stage)} first-stage scores" if first_stage is not None else ""
+            raise ValueError(f"{len(queries)} queries but {len(documents)} documents{given}: one per pair")
         trained = self.input_format or InputFormat()
         collate = PairCollator(
             self.backbone.tokenizer,
@@ -368,9 +371,6 @@ class RerankerModule(pl.LightningModule):
             trained.max_query_length if max_query_length is None else max_query_length,
             excerpt=trained.excerpt if excerpt is None else excerpt,
         )
-        if len(queries) != len(documents) or (first_stage is not None and len(first_stage) != len(queries)):
-            given = f", {len(first_stage)} first-stage scores" if first_stage is not None else ""
-            raise ValueError(f"{len(queries)} queries but {len(documents)} documents{given}: one per pair")
         # batches of similar lengths pad less; a pair's score does not depend on its batch
         order = sorted(range(len(documents)), key=lambda i: len(documents[i]) + len(queries[i]))
         scores = torch.empty(len(order))

@@ -8,25 +8,19 @@ a template that shows first-stage scores reads the run's own, scaled per query o
 
 from __future__ import annotations
 
-import heapq
 import sys
 import time
 
 import torch
+from ir_datasets.formats import GenericScoredDoc
 
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
+from lightning_rank.datamodules.datamodule import ranked_scores
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.first_stage import score_texts
 from lightning_rank.metrics import Run, read_trec_run
 from lightning_rank.preflight import InputError
 from lightning_rank.run_report import write_and_report
-
-
-def top_candidates(run: Run, depth: int) -> Run:
-    """Each query's ``depth`` highest-scored documents (ties: the run's order)."""
-    return {
-        qid: dict(heapq.nlargest(depth, docs.items(), key=lambda item: item[1])) for qid, docs in run.items()
-    }
 
 
 def rerank(
@@ -48,7 +42,8 @@ def rerank(
         dataset: ir_datasets id whose queries and corpus the run is over (a registered ``NAME/test``).
         run: the TREC run to rerank (e.g. ``lightning-rank bm25``'s).
         output: TREC run file to write (atomically; its folder is created).
-        depth: candidates reranked per query (the run's highest scored).
+        depth: candidates reranked per query: the run's highest scored (ties: doc id descending), as
+            ``predict``'s ``data.rerank_depth``.
         batch_size: pairs scored per forward pass.
         device: torch device (default: CUDA when available, else CPU).
         local_collections: ``{name: folder or files}`` collections to register first (see README).
@@ -62,18 +57,21 @@ def rerank(
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
-    candidates = top_candidates(read_trec_run(run), depth)
-    if not candidates:
-        raise ValueError(f"{run}: the run is empty; nothing to rerank")
-    reranker = RerankerModule.from_pretrained(model).to(
-        device or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
     start = time.perf_counter()
-    try:
+    listed = read_trec_run(run)
+    # each query's top `depth` as predict takes them (ties: doc id descending, as trec_eval)
+    pairs, candidates = ranked_scores(
+        (GenericScoredDoc(q, d, score) for q, docs in listed.items() for d, score in docs.items()), depth
+    )
+    if not pairs:
+        raise ValueError(f"{run}: the run is empty; nothing to rerank")
+    try:  # before the model loads: a run of another dataset fails at once
         queries, texts = run_texts(dataset, candidates)
     except ValueError as err:
         raise ValueError(f"{run}: {err}") from err
-    pairs = [(qid, doc) for qid, docs in candidates.items() for doc in docs]
+    reranker = RerankerModule.from_pretrained(model).to(
+        device or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     shown = score_texts(candidates, depth) if reranker.backbone.template.needs_score else None
     scores = reranker.score(
         [queries[q] for q, _ in pairs],

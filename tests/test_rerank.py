@@ -55,6 +55,14 @@ def test_depth_keeps_each_querys_highest_scored_candidates(trained, predicted, t
     got = read_trec_run(out)
     for qid, docs in candidates.items():
         assert set(got[qid]) == set(sorted(docs, key=docs.get, reverse=True)[:3])
+    # ties at the cut are broken as predict's data.rerank_depth breaks them: by doc id, descending
+    tied = tmp_path / "tied.trec"
+    write_trec_run({qid: dict.fromkeys(docs, 1.0) for qid, docs in candidates.items()}, tied)
+    done = rerank(capsys, trained[1], tied, out, "--depth", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = read_trec_run(out)
+    for qid, docs in candidates.items():
+        assert set(got[qid]) == set(sorted(docs, reverse=True)[:3])
 
 
 def test_a_folder_that_is_not_an_export_or_a_run_of_another_dataset_is_refused(

@@ -219,7 +219,7 @@ class RerankDataModule(pl.LightningDataModule):
                     positives = {
                         q: {d for d, r in docs.items() if r >= hp.min_relevance} for q, docs in qrels.items()
                     }
-                    run, scores = _ranked_scores(
+                    run, scores = ranked_scores(
                         scoreddocs, max(hp.negatives_depth, hp.rerank_depth), also=positives
                     )
                     first_stage = score_texts(scores, hp.rerank_depth)
@@ -271,7 +271,7 @@ class RerankDataModule(pl.LightningDataModule):
         with reading(dataset_id, hp[f"{stage}_run"]):
             queries = _queries(dataset)
             scoreddocs = _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run")
-            run, scores = _ranked_scores(scoreddocs, hp.rerank_depth)
+            run, scores = ranked_scores(scoreddocs, hp.rerank_depth)
             doc_texts = DocumentLookup(dataset_id).texts({d for _, d in run})
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
         first_stage = score_texts(scores, hp.rerank_depth) if self._shows_scores() else None
@@ -359,14 +359,15 @@ def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
     """Top-``depth`` (query, doc) pairs per query by descending score (ties: doc id descending, as
     trec_eval), queries in first-seen order. Memory is bounded by queries x depth, not by the run's size
     (MS MARCO's BM25 train run has ~800M lines)."""
-    return _ranked_scores(scoreddocs, depth)[0]
+    return ranked_scores(scoreddocs, depth)[0]
 
 
-def _ranked_scores(
+def ranked_scores(
     scoreddocs: Iterator[Any], depth: int, also: Mapping[str, Collection[str]] | None = None
 ) -> tuple[list[tuple[str, str]], dict[str, dict[str, float]]]:
     """:func:`_ranked` and the scores of its pairs, plus those of the ``also`` documents of each query
-    (judged positives) wherever the run ranks them."""
+    (judged positives) wherever the run ranks them. The candidates every rerank takes (``predict`` here,
+    ``lightning-rank rerank``)."""
     heaps: dict[str, list[tuple[float, str]]] = {}
     extra: dict[str, dict[str, float]] = {}
     for sd in scoreddocs:
