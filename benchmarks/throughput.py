@@ -10,9 +10,10 @@ For each backbone at its paper size (random initialisation, no download), in one
 - rerank, plain / lightning: ``torch.inference_mode`` forward against ``Trainer.predict``.
 
 Both loops see the same batches (moved from CPU memory each step), precision and optimizer. Two shapes:
-``dense`` (B sequences of exactly L tokens, as ../shared/gpu/README.md's anchors) and ``realistic``
+``dense`` (B sequences of exactly L tokens, as ../shared/gpu/README.md's anchors), ``realistic``
 (MS MARCO-like pairs, mean ~80 tokens, cut into length buckets by the project's collator, the batch sized to
-about the same token budget), where the figure is real (non-pad) tokens/sec. Each figure is the rate over
+about the same token budget), where the figure is real (non-pad) tokens/sec, and ``packed`` (the same pairs
+packed into rows of L tokens, ``data.packing``; backbones that support it). Each figure is the rate over
 ``--steps`` steps after ``--warmup`` steps (CUDA synchronised at both ends); memory is peak allocated.
 """
 
@@ -129,8 +130,9 @@ def make_batches(
         backbone.tokenizer,
         backbone.template,
         max_length=length,
-        length_buckets=buckets if shape != "dense" else 1,
+        length_buckets=buckets if shape == "realistic" else 1,
         pad_to_multiple_of=pad_to_multiple_of,
+        packing=shape == "packed",
     )
     rng = random.Random(seed)
     out = []
@@ -138,6 +140,7 @@ def make_batches(
         if shape == "dense":
             pairs = [_pair(collator, rng, vocab, 16, length - 16) for _ in range(sequences)]
         else:  # MS MARCO-like: short queries, passages ~ log-normal around 70 tokens, capped at `length`
+            # (realistic and packed draw the same pairs)
             pairs = []
             for _ in range(sequences):
                 query = rng.randint(6, 14)
@@ -310,6 +313,9 @@ def measure(args: argparse.Namespace, name: str, shape: str, device: torch.devic
         name, args.size, device, extra, args.cuda_graphs
     )
     probe = factory()
+    if shape == "packed" and (reason := probe.backbone.packing_unsupported()):
+        print(f"{name}: no packed rows: {reason}")
+        return []
     params = sum(p.numel() for p in probe.parameters()) / 1e6
     train_sequences = args.batch if shape == "dense" else args.realistic_batch
     pad = args.pad_to_multiple_of
@@ -401,7 +407,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backbones", nargs="+", default=BACKBONES, choices=BACKBONES)
-    parser.add_argument("--shapes", nargs="+", default=["dense", "realistic"], choices=["dense", "realistic"])
+    shapes = ["dense", "realistic", "packed"]
+    parser.add_argument("--shapes", nargs="+", default=shapes, choices=shapes)
     parser.add_argument("--tasks", nargs="+", default=["train", "rerank"], choices=["train", "rerank"])
     parser.add_argument("--loops", nargs="+", default=["plain", "lightning"], choices=["plain", "lightning"])
     parser.add_argument("--size", default="paper", choices=list(SIZES))
@@ -431,7 +438,8 @@ def main() -> None:
     for shape in args.shapes:
         for name in args.backbones:
             results += measure(args, name, shape, device)
-            console.print(table([r for r in results if r.backbone == name and r.shape == shape], name))
+            if shown := [r for r in results if r.backbone == name and r.shape == shape]:
+                console.print(table(shown, name))
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     console.print(
         table(results, f"{device_name}, {args.size} sizes, {args.precision}, dense B={args.batch} "

@@ -17,9 +17,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CudaGraphError", "TrainingGraphs", "check_cuda_graphs"]
+__all__ = ["PACKING_CONFLICT", "CudaGraphError", "TrainingGraphs", "check_cuda_graphs"]
 
 ShapeKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
+
+
+PACKING_CONFLICT = (
+    "model.cuda_graphs needs a fixed set of input shapes, which data.packing does not give: set one of "
+    "them (graphs work with data.length_buckets and data.pad_to_multiple_of)"
+)
 
 
 class CudaGraphError(RuntimeError):

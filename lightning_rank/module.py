@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.registry import build_backbone
-from lightning_rank.cuda_graphs import TrainingGraphs, check_cuda_graphs
+from lightning_rank.cuda_graphs import PACKING_CONFLICT, TrainingGraphs, check_cuda_graphs
 from lightning_rank.excerpts import Excerpt
 from lightning_rank.finite_loss import FiniteLossGuard, LossOrigin
 from lightning_rank.input_format import InputFormat
@@ -147,6 +147,8 @@ class RerankerModule(pl.LightningModule):
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """One relevance score per row of the batch (fp32); length buckets are scored separately and
         their scores put back in row order."""
+        if "sequence_ids" in batch:  # packed rows (data.packing)
+            return self._score_packed(batch)
         graphs = self._training_graphs()
         if graphs is not None:
             graphs.start_step()
@@ -170,7 +172,22 @@ class RerankerModule(pl.LightningModule):
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
     ) -> Tensor:
         hidden = self.backbone(input_ids, attention_mask, token_type_ids)
-        pooled = self.backbone.pool(hidden, attention_mask)
+        return self._head_scores(self.backbone.pool(hidden, attention_mask))
+
+    def _score_packed(self, batch: dict[str, Any]) -> Tensor:
+        """Scores of a packed batch, one per pair in the order the pairs were given."""
+        if self.hparams.get("cuda_graphs") and self.training:
+            raise ValueError(PACKING_CONFLICT)
+        sequence_ids = batch["sequence_ids"]
+        hidden = self.backbone.forward_packed(
+            batch["input_ids"], batch["position_ids"], sequence_ids, batch.get("token_type_ids")
+        )
+        pooled = self.backbone.pool_packed(
+            hidden, sequence_ids, batch["sequence_starts"], batch["sequence_lengths"]
+        )
+        return self._head_scores(pooled)
+
+    def _head_scores(self, pooled: Tensor) -> Tensor:
         with torch.autocast(device_type=pooled.device.type, enabled=False):
             # fp32 unless a strategy casts the parameters themselves (FSDP mixed precision: bf16 head)
             return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()

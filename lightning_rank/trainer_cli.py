@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_rank.callbacks import RankProgressBar, StopOnSigterm, TokensPerSecond, TrecRunWriter
-from lightning_rank.cuda_graphs import CudaGraphError, check_cuda_graphs
+from lightning_rank.cuda_graphs import PACKING_CONFLICT, CudaGraphError, check_cuda_graphs
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.metrics import atomic_write_lines
 from lightning_rank.module import NonFiniteLossError, RerankerModule
@@ -134,6 +134,8 @@ class LightningRankCLI(LightningCLI):
     def before_fit(self) -> None:
         check_loss_fits_data(self.model, self.datamodule)  # before any data is read
         if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved
+            if self.datamodule.hparams.get("packing"):
+                raise ConfigError(PACKING_CONFLICT)
             check_cuda_graphs(self.trainer.strategy.root_device, self.trainer.strategy)
         if self._flag("validate_before_fit"):
             if isinstance(self.trainer.strategy, FSDPStrategy):

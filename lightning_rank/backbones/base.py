@@ -68,6 +68,34 @@ class Backbone(nn.Module):
     ) -> Tensor:
         raise NotImplementedError
 
+    def packing_unsupported(self) -> str | None:
+        """Why this backbone cannot score packed rows (``data.packing``), or None when it can: then it
+        implements :meth:`forward_packed`."""
+        return f"{type(self).__name__} does not implement forward_packed"
+
+    def forward_packed(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        sequence_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Hidden states ``[R, P, H]`` of packed rows (``datamodules.packing``): each token attends only to
+        its own sequence's tokens (``sequence_ids``) and sees its position within it (``position_ids``)."""
+        raise NotImplementedError(self.packing_unsupported())
+
+    def pool_packed(self, hidden: Tensor, sequence_ids: Tensor, starts: Tensor, lengths: Tensor) -> Tensor:
+        """One vector per packed sequence, as :meth:`pool` computes it for a padded one."""
+        flat = hidden.flatten(0, 1)
+        if self.pooling == "first":
+            return flat[starts]
+        if self.pooling == "last":
+            return flat[starts + lengths - 1]
+        index = sequence_ids.flatten()
+        real = index >= 0
+        sums = flat.new_zeros(len(starts), flat.size(-1)).index_add_(0, index[real], flat[real])
+        return sums / lengths.unsqueeze(-1).to(flat.dtype)
+
     def pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """One vector per sequence: the first token, the mean over real (non-pad) tokens, or the last real
         token with right padding."""

@@ -140,6 +140,7 @@ class HFBackbone(Backbone):
         type_vocab = getattr(self.model.config, "type_vocab_size", 0) or 0
         self._takes_token_types = "token_type_ids" in params and type_vocab > 1
         self._takes_use_cache = "use_cache" in params
+        self._takes_position_ids = "position_ids" in params
         if gradient_checkpointing:
             self.enable_gradient_checkpointing()
 
@@ -251,6 +252,62 @@ class HFBackbone(Backbone):
         if self._takes_use_cache:
             kwargs["use_cache"] = False
         return self.model(**kwargs).last_hidden_state
+
+    def packing_unsupported(self) -> str | None:
+        """Packed rows need a 4D attention mask (SDPA or eager attention) and per-pair position ids."""
+        attn = self.model.config._attn_implementation
+        if attn not in ("sdpa", "eager"):
+            return (
+                f"packing builds a block-diagonal attention mask, which attn_implementation={attn!r} does "
+                "not take: use attn_implementation 'sdpa'"
+            )
+        if not self._takes_position_ids:
+            return f"{type(self.model).__name__}.forward takes no position_ids"
+        return None
+
+    def forward_packed(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        sequence_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Last hidden states ``[R, P, H]`` of packed rows: a block-diagonal mask (causal within each pair for
+        decoders) passed as transformers' ready-made 4D mask, and positions restarting with each pair."""
+        if reason := self.packing_unsupported():
+            raise NotImplementedError(reason)
+        self._check_ids(input_ids)
+        mask = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]  # [R, 1, P, P]
+        if self._causal:
+            mask = mask & torch.ones_like(mask[0, 0]).tril()
+        if self.model.config._attn_implementation == "eager":  # eager attention adds its mask to the scores
+            dtype = self.model.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min
+            )
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": position_ids + self._position_offset,
+        }
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        if self._takes_use_cache:
+            kwargs["use_cache"] = False
+        return self.model(**kwargs).last_hidden_state
+
+    @functools.cached_property
+    def _causal(self) -> bool:
+        """Whether the model's attention is causal (decoders), from its attention modules' ``is_causal``."""
+        return any(getattr(m, "is_causal", False) for m in self.model.modules())
+
+    @functools.cached_property
+    def _position_offset(self) -> int:
+        """RoBERTa-style embeddings count positions from ``padding_idx + 1``; others from 0."""
+        embeddings = getattr(self.model, "embeddings", None)
+        if hasattr(embeddings, "create_position_ids_from_input_ids"):
+            return int(embeddings.padding_idx) + 1
+        return 0
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> None:
         """Write model (safetensors) and tokenizer so that ``AutoModel.from_pretrained(folder)`` and

@@ -2,7 +2,8 @@
 
 With ``length_buckets > 1`` a batch's pairs are sorted by length and cut into that many buckets, each
 padded to its own longest pair (``batch["buckets"]``, with the rows each bucket holds): short passages are
-not padded to long ones, and the order of the data, hence sharding and exact resume, is unchanged.
+not padded to long ones, and the order of the data, hence sharding and exact resume, is unchanged. With
+``packing``, pairs share rows of up to ``max_length`` tokens instead (:mod:`.packing`): almost no padding.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from lightning_rank.datamodules.packing import pack
 from lightning_rank.templates import EncodedPair, PairTemplate
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -22,7 +24,7 @@ TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 @dataclass
 class PairCollator:
     """Render with the backbone's template, tokenize, right-pad (optionally to a multiple of
-    ``pad_to_multiple_of``), bucket by length, and count real and padded tokens."""
+    ``pad_to_multiple_of``), bucket by length or pack, and count real and padded tokens."""
 
     tokenizer: PreTrainedTokenizerBase
     template: PairTemplate
@@ -31,6 +33,13 @@ class PairCollator:
     pad_to_multiple_of: int | None = None
     length_buckets: int = 1
     excerpt: str = "first"  # which part of a long document is kept: lightning_rank.excerpts
+    packing: bool = False  # pairs share rows of up to max_length tokens (lightning_rank.datamodules.packing)
+
+    def __post_init__(self) -> None:
+        if self.packing and self.length_buckets > 1:
+            raise ValueError(
+                "packing and length_buckets > 1 are two ways to avoid padding: use one (packing pads less)"
+            )
 
     def __call__(
         self, queries: list[str], documents: list[str], scores: list[str] | None = None
@@ -52,7 +61,9 @@ class PairCollator:
         """Pad (and bucket) already encoded pairs; benchmarks feed synthetic token ids through here."""
         n = len(encoded)
         buckets = min(max(self.length_buckets, 1), n)
-        if buckets == 1:
+        if self.packing:
+            batch = pack(encoded, self.max_length, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        elif buckets == 1:
             batch = self._pad(encoded)
         else:
             order = sorted(range(n), key=lambda i: len(encoded[i].input_ids))

@@ -87,6 +87,7 @@ class RerankDataModule(pl.LightningDataModule):
         excerpt: Excerpt = "first",
         pad_to_multiple_of: int | None = None,
         length_buckets: int = 1,
+        packing: bool = False,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -127,12 +128,20 @@ class RerankDataModule(pl.LightningDataModule):
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
             length_buckets: sort each batch's pairs by length and pad this many buckets separately (the
                 model scores them one after the other): less padding on passages of mixed lengths.
+            packing: put several pairs in each row of ``max_length`` tokens, each attending only to itself
+                (``datamodules.packing``): almost no padding; same scores as padded rows. Transformers
+                backbones with SDPA or eager attention; not with ``length_buckets`` or ``model.cuda_graphs``.
             num_workers: DataLoader workers (tokenization happens there).
             seed: seeds query order and negative sampling (with the epoch).
         """
         super().__init__()
         check_group_size(group_size)  # at configuration time, before any data is read
         check_excerpt(excerpt)
+        if packing and length_buckets > 1:
+            raise ConfigError(
+                "data.packing and data.length_buckets > 1 are two ways to avoid padding: set one "
+                "(packing pads less; length buckets work with every backbone and with model.cuda_graphs)"
+            )
         self.save_hyperparameters()
         for name, source in (local_collections or {}).items():
             register_local(name, source)
@@ -163,6 +172,11 @@ class RerankDataModule(pl.LightningDataModule):
     def _collator(self) -> PairCollator:
         backbone = self._backbone_in_use()
         hp = self.hparams
+        if hp.get("packing") and (reason := backbone.packing_unsupported()):
+            raise ConfigError(
+                f"data.packing: {type(backbone).__name__} cannot score packed rows ({reason}); "
+                "use data.length_buckets instead"
+            )
         return PairCollator(
             backbone.tokenizer,
             backbone.template,
@@ -171,6 +185,7 @@ class RerankDataModule(pl.LightningDataModule):
             hp.pad_to_multiple_of,
             hp.length_buckets,
             hp.excerpt,
+            hp.get("packing", False),
         )
 
     # -- setup -----------------------------------------------------------------------------------------

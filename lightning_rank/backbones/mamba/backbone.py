@@ -135,6 +135,12 @@ class _MambaBackbone(Backbone):
         """Final-normed hidden states ``[B, L, H]``; ``token_type_ids`` is ignored (causal model)."""
         return self.backbone(input_ids, attention_mask)
 
+    def packing_unsupported(self) -> str | None:
+        return (
+            "its convolution and scan would carry state from one packed pair into the next; packing Mamba "
+            "needs per-sequence state resets, not built yet"
+        )
+
     def save_pretrained(self, folder: str | Path, layout: Layout = "mamba_ssm") -> None:
         """Write ``config.json``, the weights and the tokenizer to ``folder`` in either layout.
 
