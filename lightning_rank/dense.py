@@ -41,10 +41,11 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
     return encoder
 
 
-def dense_scores(dataset: str, candidates: Run, encoder: Any, batch_size: int = 64) -> Run:
-    """Cosine similarity of each query to each of its candidates. Every distinct document is embedded once,
-    however many queries list it. A run with queries or documents ``dataset`` lacks is refused up front."""
-    queries, texts = run_texts(dataset, candidates)
+def dense_scores(
+    queries: dict[str, str], texts: dict[str, str], candidates: Run, encoder: Any, batch_size: int = 64
+) -> Run:
+    """Cosine similarity of each query to each of its candidates (``queries`` and ``texts``: their texts).
+    Every distinct document is embedded once, however many queries list it."""
     qids, doc_ids = list(candidates), sorted(texts)
     encode = dict(batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
     doc_vectors = encoder.encode([texts[d] for d in doc_ids], **encode)
@@ -91,10 +92,11 @@ def dense(
     candidates = read_trec_run(run)
     if not candidates:
         raise ValueError(f"{run}: the run is empty; nothing to rescore")
-    encoder = load_bi_encoder(model, max_length, device)
     start = time.perf_counter()
-    try:
-        scored = dense_scores(dataset, candidates, encoder, batch_size)
+    try:  # before the model loads: a run of another dataset fails at once
+        queries, texts = run_texts(dataset, candidates)
     except ValueError as err:
         raise ValueError(f"{run}: {err}") from err
+    encoder = load_bi_encoder(model, max_length, device)
+    scored = dense_scores(queries, texts, candidates, encoder, batch_size)
     return write_and_report(scored, output, dataset, tag, start, measures)

@@ -79,7 +79,8 @@ def test_dense_refuses_a_run_over_another_collection(collection, tmp_path):
     qid = next(iter(read_trec_run(collection[1])))
     write_trec_run({qid: {"no-such-doc": 1.0}}, stranger)
     with pytest.raises(ValueError, match=r"is not a run over tinydense/dev.*no-such-doc"):
-        dense("tinydense/dev", str(stranger), str(tmp_path / "out.trec"), str(model),
+        # checked before the model loads: a model that is nowhere is not what is reported
+        dense("tinydense/dev", str(stranger), str(tmp_path / "out.trec"), str(tmp_path / "nowhere"),
               local_collections=json.loads(collections))  # fmt: skip
     assert not (tmp_path / "out.trec").exists()
 
