@@ -3,7 +3,8 @@
 # (torch + lightning + transformers installed, no registry). Run from the project root:
 #   bash benchmarks/gpu_session.sh setup      # carried wheels (.whl/) + this package; starts the kernel build
 #   bash benchmarks/gpu_session.sh gpu-tests  # GPU-only tests that need no kernels (CUDA graphs, profiler, NaN)
-#   bash benchmarks/gpu_session.sh hf         # throughput harness, transformer backbones (no kernels needed)
+#   bash benchmarks/gpu_session.sh hf         # throughput harness, transformer backbones (no kernels needed):
+#                                             # dense, realistic (length buckets) and packed
 #   bash benchmarks/gpu_session.sh hf-graphs  # the same with model.cuda_graphs (dense and realistic)
 #   bash benchmarks/gpu_session.sh fsdp       # FSDP preset: fit of a tiny and a 130M-class backbone; FSDP2 tiny
 #   bash benchmarks/gpu_session.sh kernels    # waits for the build; kernel parity tests; Mamba speed study
@@ -36,11 +37,11 @@ setup)
     ;;
 gpu-tests)
     run python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_throughput.py \
-        tests/test_resume.py -k "gpu or graph" 2>&1 | tail -30 | tee "$OUT/pytest-gpu.txt"
+        tests/test_resume.py tests/test_packing.py -k "gpu or graph or cuda" 2>&1 | tail -30 | tee "$OUT/pytest-gpu.txt"
     ;;
 hf)
     run python3 benchmarks/throughput.py --backbones ${HF_BACKBONES:-bert roberta pythia llama} \
-        --shapes ${SHAPES:-dense realistic} --json "$OUT/throughput-hf.json" \
+        --shapes ${SHAPES:-dense realistic packed} --json "$OUT/throughput-hf.json" \
         2>&1 | grep -v -i warn | tee "$OUT/throughput-hf.txt"
     ;;
 hf-graphs)

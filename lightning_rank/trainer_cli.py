@@ -131,8 +131,16 @@ class LightningRankCLI(LightningCLI):
     def _flag(self, name: str) -> bool:
         return bool(self.config[self.subcommand].get(name, False))
 
+    def _check_packing(self) -> None:
+        """A backbone that cannot pack fails before any data is read (the collator checks again)."""
+        if isinstance(self.datamodule, RerankDataModule):
+            self.datamodule.check_packing(self.model.backbone)
+
+    before_validate = before_test = before_predict = _check_packing
+
     def before_fit(self) -> None:
         check_loss_fits_data(self.model, self.datamodule)  # before any data is read
+        self._check_packing()
         if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved
             if self.datamodule.hparams.get("packing"):
                 raise ConfigError(PACKING_CONFLICT)

@@ -18,8 +18,8 @@ def test_throughput_harness_compares_both_loops_on_tiny_models(tmp_path: Path) -
     out = tmp_path / "throughput.json"
     done = run(
         "benchmarks/throughput.py", "--size", "tiny", "--backbones", "mamba2", "bert", "--steps", "2",
-        "--warmup", "1", "--rerank-warmup", "1", "--batch", "16", "--length", "128", "--realistic-batch", "32",
-        "--json", str(out),
+        "--warmup", "1", "--rerank-warmup", "1", "--batch", "16", "--length", "128",
+        "--realistic-batch", "32", "--json", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())["results"]

@@ -100,6 +100,22 @@ def test_packed_scores_and_gradients_equal_padded_ones(name: str, pooling: str |
         torch.testing.assert_close(packed_grads[key], grad, atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_scores_on_cuda_in_bf16_track_padded_ones(name: str) -> None:
+    """On a GPU SDPA takes other kernels for a block-diagonal mask than for a padding mask."""
+    model = module(name).cuda().eval()
+    padded_collate, packed_collate = collators(model)
+    scores = []
+    for batch in (padded_collate(QUERIES * 8, DOCUMENTS * 8), packed_collate(QUERIES * 8, DOCUMENTS * 8)):
+        batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            scores.append(model(batch).float())
+    fp32 = module(name).eval()(padded_collate(QUERIES * 8, DOCUMENTS * 8)).detach().cuda()
+    bf16_error = (scores[0] - fp32).abs().max()
+    assert (scores[1] - fp32).abs().max() <= 2 * bf16_error + 1e-3
+
+
 def test_a_pair_sees_nothing_of_its_row_neighbours() -> None:
     """The check above can fail: with one shared sequence id per row (no block-diagonal mask) it does."""
     model = module("bert").eval()
@@ -177,7 +193,11 @@ def test_a_packed_fit_ends_where_the_padded_one_does(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ([], "data.packing: Mamba1Backbone cannot score packed rows (its convolution and scan would carry"),
+        # refused before data is read: the missing run would be the error otherwise
+        (
+            ["--validate_before_fit", "false", "--data.train_run", "missing.trec"],
+            "data.packing: Mamba1Backbone cannot score packed rows (its convolution and scan",
+        ),
         ([*BERT, "--data.length_buckets", "4"], "data.packing and data.length_buckets > 1 are two ways"),
         ([*BERT, "--model.cuda_graphs", "true"], "model.cuda_graphs needs a fixed set of input shapes"),
     ],
@@ -198,3 +218,9 @@ def test_what_cannot_pack_is_refused_before_training(flags, message, tmp_path, c
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not list(root.rglob("*.ckpt"))
+
+
+def test_evaluation_refuses_a_backbone_that_cannot_pack_before_reading_data(capsys) -> None:
+    argv = ["validate", "--config", DEMO, "--data.packing", "true", "--data.val_run", "missing.trec"]
+    assert main(argv) == 2
+    assert "data.packing: Mamba1Backbone cannot score packed rows" in capsys.readouterr().err

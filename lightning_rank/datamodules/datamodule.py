@@ -169,14 +169,18 @@ class RerankDataModule(pl.LightningDataModule):
     def _shows_scores(self) -> bool:
         return self._backbone_in_use().template.needs_score
 
-    def _collator(self) -> PairCollator:
-        backbone = self._backbone_in_use()
-        hp = self.hparams
-        if hp.get("packing") and (reason := backbone.packing_unsupported()):
+    def check_packing(self, backbone: Any) -> None:
+        """With ``packing``, refuse a backbone that cannot score packed rows, naming why and the fix."""
+        if self.hparams.get("packing") and (reason := backbone.packing_unsupported()):
             raise ConfigError(
                 f"data.packing: {type(backbone).__name__} cannot score packed rows ({reason}); "
                 "use data.length_buckets instead"
             )
+
+    def _collator(self) -> PairCollator:
+        backbone = self._backbone_in_use()
+        self.check_packing(backbone)
+        hp = self.hparams
         return PairCollator(
             backbone.tokenizer,
             backbone.template,

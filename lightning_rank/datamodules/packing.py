@@ -1,7 +1,7 @@
 """Sequence packing: several short pairs share one row, so a batch of mixed passage lengths costs about its
 real tokens instead of ``rows x longest``.
 
-Pairs are placed first-fit by decreasing length, in rows of the length that costs the fewest tokens. Each
+Pairs are placed first-fit by decreasing length, in rows as short as costs about the fewest tokens. Each
 packed token carries its pair's index (``sequence_ids``; ``-1`` for padding) and its position within the
 pair (``position_ids``), from which a backbone that supports packing (``Backbone.packing_unsupported`` is
 None) builds a block-diagonal attention mask so that no pair sees another; each pair's score is read at
@@ -36,13 +36,18 @@ def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
     return rows
 
 
+#: a longer row may cost this much more in tokens than the cheapest before it is passed over for a shorter one
+ROW_TOKEN_SLACK = 0.02
+
+
 def best_rows(
     lengths: list[int], max_row_length: int, multiple: int | None = None
 ) -> tuple[int, list[list[int]]]:
-    """The row length, and rows, that cost the fewest tokens (rows x length; the shorter on a tie): the
-    longest sequence times 1 to 4 (no longer than ``max_row_length``), or ``max_row_length`` itself. Pairs of
-    about one length then fill rows exactly instead of leaving the end of each ``max_row_length`` row empty.
-    Lengths are rounded up to a multiple of ``multiple``."""
+    """The row length and rows for ``lengths``: of the candidates (the longest sequence times 1 to 4, no
+    longer than ``max_row_length``, and ``max_row_length`` itself; rounded up to a multiple of ``multiple``),
+    the shortest whose rows x length is within :data:`ROW_TOKEN_SLACK` of the fewest tokens. Attention
+    costs grow with the row length, so pairs of mixed lengths get short rows unless long ones save tokens,
+    and pairs of one length fill rows exactly as padding would."""
 
     def round_up(n: int) -> int:
         return (n + multiple - 1) // multiple * multiple if multiple else n
@@ -50,13 +55,13 @@ def best_rows(
     longest = max(lengths)
     ceiling = round_up(max(max_row_length, longest))
     candidates = sorted({round_up(longest * k) for k in range(1, 5) if longest * k <= ceiling} | {ceiling})
-    best: tuple[int, list[list[int]]] | None = None
-    for row_length in candidates:
-        rows = pack_rows(lengths, row_length)
-        if best is None or len(rows) * row_length < len(best[1]) * best[0]:
-            best = row_length, rows
-    assert best is not None
-    return best
+    packed = [(row_length, pack_rows(lengths, row_length)) for row_length in candidates]
+    fewest = min(len(rows) * row_length for row_length, rows in packed)
+    return next(
+        (row_length, rows)
+        for row_length, rows in packed
+        if len(rows) * row_length <= fewest * (1 + ROW_TOKEN_SLACK)
+    )
 
 
 def pack(
