@@ -10,6 +10,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import itertools
 import math
 import time
 from pathlib import Path
@@ -173,6 +174,44 @@ def test_scans_stay_finite_with_very_fast_decay() -> None:
     inputs = _ssd_inputs(torch.float64)
     inputs[1] = (inputs[1].detach() * 100).requires_grad_()
     _check_against(ssd_chunked(*inputs, chunk=16), ssd_reference(*inputs), inputs, 1e-10, 1e-10)
+
+
+def _packed_starts(length: int = 37) -> Tensor:
+    """Sequence starts of two packed rows: row 0 at 0, 5, 17, 18 (a one-token sequence) and 30; row 1 at 0,
+    16 and 32."""
+    starts = torch.zeros(2, length, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[0, [5, 17, 18, 30]] = True
+    starts[1, [16, 32]] = True
+    return starts
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 64])
+def test_scans_restart_at_packed_sequence_starts(chunk: int) -> None:
+    """Against the references that zero the state at each start, and against each sequence scanned alone."""
+    starts = _packed_starts()
+    inputs = _mamba1_inputs(torch.float64)
+    packed = selective_scan(*inputs, chunk=chunk, resets=starts)
+    _check_against(packed, selective_scan_reference(*inputs, resets=starts), inputs, 1e-10, 1e-10)
+    bounds = [0, 5, 17, 18, 30, 37]
+    u, delta, A, B, C = inputs
+    alone = [
+        selective_scan(u[:1, s:e], delta[:1, s:e], A, B[:1, s:e], C[:1, s:e])
+        for s, e in itertools.pairwise(bounds)
+    ]
+    torch.testing.assert_close(packed[:1], torch.cat(alone, dim=1), rtol=1e-10, atol=1e-10)
+
+    segments = torch.cumsum(starts.long(), dim=1)
+    inputs = _ssd_inputs(torch.float64)
+    packed = ssd_chunked(*inputs, chunk=chunk, segments=segments)
+    _check_against(packed, ssd_reference(*inputs, segments=segments), inputs, 1e-10, 1e-10)
+    x, dt, A, B, C = inputs
+    alone = [
+        ssd_chunked(x[:1, s:e], dt[:1, s:e], A, B[:1, s:e], C[:1, s:e], chunk=chunk)
+        for s, e in itertools.pairwise(bounds)
+    ]
+    torch.testing.assert_close(packed[:1], torch.cat(alone, dim=1), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(packed, ssd_chunked(*inputs, chunk=chunk))  # the restarts change the output
 
 
 def test_selective_scan_gradcheck() -> None:

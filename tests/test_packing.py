@@ -14,19 +14,31 @@ import torch
 from conftest import REPO
 from test_hf_backbones import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY
 
+from lightning_rank.backbones.mamba import backbone as mamba_backbone
 from lightning_rank.cli import main
-from lightning_rank.datamodules import RerankDataModule
+from lightning_rank.datamodules import RerankDataModule, collate
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.datamodules.packing import best_rows, pack_rows
+from lightning_rank.datamodules.packing import best_rows, pack, pack_rows
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
 from lightning_rank.module import RerankerModule
+from lightning_rank.preflight import ConfigError
 
 DEMO = str(REPO / "configs" / "demo.yaml")
+GRU = ["--model.backbone", "gru", "--model.backbone_args", '{tokenizer: "builtin:words", hidden_size: 32}']
+
+
+MAMBA = {
+    "mamba1": {"d_model": 32, "n_layer": 2},
+    "mamba2": {"d_model": 64, "n_layer": 2, "headdim": 16, "d_state": 16, "chunk_size": 32},
+}
 
 
 def module(name: str, **backbone_args) -> RerankerModule:
     torch.manual_seed(0)
-    args = {"tokenizer": "builtin:words", "config": {**TINY, **NO_DROPOUT[name]}, **backbone_args}
+    if name in MAMBA:
+        args = {"tokenizer": "builtin:words", "config": MAMBA[name], "use_kernels": "never", **backbone_args}
+    else:
+        args = {"tokenizer": "builtin:words", "config": {**TINY, **NO_DROPOUT[name]}, **backbone_args}
     return RerankerModule(backbone=name, backbone_args=args)
 
 
@@ -82,7 +94,16 @@ def test_a_packed_batch_has_the_padded_ones_tokens_in_fewer_rows() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_scores_and_gradients_equal_padded_ones(name: str, pooling: str | None, attn: str) -> None:
     extra = {"attn_implementation": attn, **({"pooling": pooling} if pooling else {})}
-    model = module(name, **extra).train()
+    assert_packed_equals_padded(module(name, **extra).train())
+
+
+@pytest.mark.parametrize("name", list(MAMBA))
+def test_packed_mamba_restarts_its_scan_and_convolution_at_each_pair(name: str) -> None:
+    assert_packed_equals_padded(module(name).train())
+
+
+def assert_packed_equals_padded(model: RerankerModule) -> None:
+    """Scores and gradients of a packed batch equal those of the same pairs right-padded."""
     padded_collate, packed_collate = collators(model)
     queries, documents = QUERIES * 3, DOCUMENTS * 3
     outcomes = []
@@ -116,24 +137,27 @@ def test_packed_scores_on_cuda_in_bf16_track_padded_ones(name: str) -> None:
     assert (scores[1] - fp32).abs().max() <= 2 * bf16_error + 1e-3
 
 
-def test_a_pair_sees_nothing_of_its_row_neighbours() -> None:
-    """The check above can fail: with one shared sequence id per row (no block-diagonal mask) it does."""
-    model = module("bert").eval()
+@pytest.mark.parametrize("name", ["bert", "mamba1", "mamba2"])
+def test_a_pair_sees_nothing_of_its_row_neighbours(name: str) -> None:
+    """The checks above can fail: with one sequence per row (no block-diagonal mask, no state reset: one
+    sequence id and running positions) the scores differ."""
+    model = module(name).eval()
     padded_collate, packed_collate = collators(model)
     padded, packed = padded_collate(QUERIES * 3, DOCUMENTS * 3), packed_collate(QUERIES * 3, DOCUMENTS * 3)
-    leaky = {**packed, "sequence_ids": (packed["sequence_ids"] >= 0).long()}
+    rows, length = packed["input_ids"].shape
+    leaky = {
+        **packed,
+        "sequence_ids": (packed["sequence_ids"] >= 0).long(),
+        "position_ids": torch.arange(length).expand(rows, length),
+    }
     with torch.no_grad():
         assert not torch.allclose(model(leaky), model(padded), atol=1e-6, rtol=1e-5)
 
 
-def logged(root: Path) -> tuple[dict[str, float], float]:
-    """The last validation metrics, and validation's padded tokens per real token (TokensPerSecond)."""
+def val_metrics(root: Path) -> dict[str, float]:
     (metrics,) = root.rglob("metrics.csv")
-    rows = list(csv.DictReader(metrics.open()))
-    last = [r for r in rows if r.get("val/nDCG@10")][-1]
-    metrics = {k: float(v) for k, v in last.items() if k.startswith("val/") and v and "@" in k}
-    rate = next(r for r in rows if r.get("val/tokens_per_sec"))
-    return metrics, float(rate["val/padded_tokens_per_sec"]) / float(rate["val/tokens_per_sec"])
+    last = [r for r in csv.DictReader(metrics.open()) if r.get("val/nDCG@10")][-1]
+    return {k: float(v) for k, v in last.items() if k.startswith("val/") and v and "@" in k}
 
 
 TINY_BERT = {"tokenizer": "builtin:words", "config": {**TINY, **NO_DROPOUT["bert"]}}
@@ -172,19 +196,29 @@ def test_packed_training_batches_hold_the_same_pairs_in_fewer_tokens(tmp_path: P
         assert packed["padded_tokens"] < 0.8 * padded["padded_tokens"]
 
 
-def test_a_packed_fit_ends_where_the_padded_one_does(tmp_path: Path) -> None:
-    varied = json.dumps({"varied": str(varied_collection(tmp_path / "varied"))})
-    data = ["--data.local_collections", varied, "--data.train_dataset", "varied/train",
-            "--data.val_dataset", "varied/dev", "--data.max_length", "80"]  # fmt: skip
-    results, padding = {}, {}
+@pytest.mark.parametrize("backbone", ["bert", "mamba1"])
+def test_a_packed_fit_ends_where_the_padded_one_does(backbone: str, tmp_path: Path, monkeypatch) -> None:
+    name = f"varied-{backbone}"
+    varied = json.dumps({name: str(varied_collection(tmp_path / "varied"))})
+    data = ["--data.local_collections", varied, "--data.train_dataset", f"{name}/train",
+            "--data.val_dataset", f"{name}/dev", "--data.max_length", "80"]  # fmt: skip
+    model = BERT if backbone == "bert" else ["--validate_before_fit", "false"]  # the demo's own Mamba-1
+    packed_batches = []
+
+    def counted(encoded, *args):
+        packed_batches.append(len(encoded))
+        return pack(encoded, *args)
+
+    monkeypatch.setattr(collate, "pack", counted)
+    results = {}
     for packing in ("false", "true"):
         root = tmp_path / packing
         main([
-            "fit", "--config", DEMO, *BERT, *data, "--trainer.max_epochs", "1", "--trainer.max_steps", "25",
+            "fit", "--config", DEMO, *model, *data, "--trainer.max_epochs", "1", "--trainer.max_steps", "25",
             "--data.packing", packing, "--trainer.default_root_dir", str(root),
         ])  # fmt: skip
-        results[packing], padding[packing] = logged(root)
-    assert padding["true"] < padding["false"]  # really packed
+        results[packing] = val_metrics(root)
+        assert bool(packed_batches) == (packing == "true")  # really packed (training and validation)
     assert 0.0 < results["false"]["val/nDCG@10"] < 1.0
     for name, value in results["false"].items():
         assert abs(results["true"][name] - value) <= 1e-4, (name, results)
@@ -195,13 +229,13 @@ def test_a_packed_fit_ends_where_the_padded_one_does(tmp_path: Path) -> None:
     [
         # refused before data is read: the missing run would be the error otherwise
         (
-            ["--validate_before_fit", "false", "--data.train_run", "missing.trec"],
-            "data.packing: Mamba1Backbone cannot score packed rows (its convolution and scan",
+            [*GRU, "--validate_before_fit", "false", "--data.train_run", "missing.trec"],
+            "GRUBackbone cannot score packed rows (GRUBackbone does not implement forward_packed)",
         ),
         ([*BERT, "--data.length_buckets", "4"], "data.packing and data.length_buckets > 1 are two ways"),
         ([*BERT, "--model.cuda_graphs", "true"], "model.cuda_graphs needs a fixed set of input shapes"),
     ],
-    ids=["mamba", "length-buckets", "cuda-graphs"],
+    ids=["plugin", "length-buckets", "cuda-graphs"],
 )
 def test_what_cannot_pack_is_refused_before_training(flags, message, tmp_path, capsys) -> None:
     root = tmp_path / "run"
@@ -221,6 +255,19 @@ def test_what_cannot_pack_is_refused_before_training(flags, message, tmp_path, c
 
 
 def test_evaluation_refuses_a_backbone_that_cannot_pack_before_reading_data(capsys) -> None:
-    argv = ["validate", "--config", DEMO, "--data.packing", "true", "--data.val_run", "missing.trec"]
+    argv = ["validate", "--config", DEMO, *GRU, "--data.packing", "true", "--data.val_run", "missing.trec"]
     assert main(argv) == 2
-    assert "data.packing: Mamba1Backbone cannot score packed rows" in capsys.readouterr().err
+    assert "data.packing: GRUBackbone cannot score packed rows" in capsys.readouterr().err
+
+
+def test_mamba_packs_only_where_the_fused_kernels_cannot_run(monkeypatch) -> None:
+    """The kernels' scans do not restart per sequence here: where they may run, packing is refused."""
+    for name in MAMBA:
+        assert module(name).backbone.packing_unsupported() is None  # use_kernels: never
+        monkeypatch.setattr(mamba_backbone, "kernels_available", lambda: True)
+        auto = module(name, use_kernels="auto").backbone
+        assert "use_kernels: never" in auto.packing_unsupported()
+        data = RerankDataModule(packing=True)
+        with pytest.raises(ConfigError, match=r"cannot score packed rows .*use_kernels: never"):
+            data.check_packing(auto)
+        monkeypatch.undo()

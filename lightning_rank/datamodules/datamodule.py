@@ -130,7 +130,8 @@ class RerankDataModule(pl.LightningDataModule):
                 model scores them one after the other): less padding on passages of mixed lengths.
             packing: put several pairs in each row of ``max_length`` tokens, each attending only to itself
                 (``datamodules.packing``): almost no padding; same scores as padded rows. Transformers
-                backbones with SDPA or eager attention; not with ``length_buckets`` or ``model.cuda_graphs``.
+                backbones with SDPA or eager attention, Mamba on its PyTorch path; not with
+                ``length_buckets`` or ``model.cuda_graphs``.
             num_workers: DataLoader workers (tokenization happens there).
             seed: seeds query order and negative sampling (with the epoch).
         """

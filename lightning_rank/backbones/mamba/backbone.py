@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.mamba.config import Mamba1Config, Mamba2Config, MambaConfig, round_up
+from lightning_rank.backbones.mamba.kernels import kernels_available
 from lightning_rank.backbones.mamba.loading import (
     Generation,
     Layout,
@@ -17,7 +18,7 @@ from lightning_rank.backbones.mamba.loading import (
     save_checkpoint,
     tokenizer_source,
 )
-from lightning_rank.backbones.mamba.model import MambaBlock, MambaModel
+from lightning_rank.backbones.mamba.model import PACKED_KERNELS, MambaBlock, MambaModel
 
 
 class _MambaBackbone(Backbone):
@@ -136,10 +137,22 @@ class _MambaBackbone(Backbone):
         return self.backbone(input_ids, attention_mask)
 
     def packing_unsupported(self) -> str | None:
-        return (
-            "its convolution and scan would carry state from one packed pair into the next; packing Mamba "
-            "needs per-sequence state resets, not built yet"
-        )
+        """Packed rows run on the PyTorch path only: refused when the fused kernels may run."""
+        mode = self.backbone.use_kernels
+        if mode == "always" or (mode == "auto" and kernels_available()):
+            return PACKED_KERNELS
+        return None
+
+    def forward_packed(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        sequence_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Hidden states ``[R, P, H]`` of packed rows: the scan and convolution restart at each sequence's
+        first token (``position_ids == 0``), so no sequence sees the one before it."""
+        return self.backbone(input_ids, (sequence_ids >= 0).long(), position_ids)
 
     def save_pretrained(self, folder: str | Path, layout: Layout = "mamba_ssm") -> None:
         """Write ``config.json``, the weights and the tokenizer to ``folder`` in either layout.

@@ -20,11 +20,23 @@ from lightning_rank.backbones.mamba.kernels import kernel
 from lightning_rank.backbones.mamba.scan import SSD_CHUNK, selective_scan, ssd_chunked
 
 
-def causal_conv1d(x: Tensor, conv: nn.Conv1d) -> Tensor:
-    """Depthwise causal convolution plus SiLU of ``x: [B, L, C]`` (left padding, so no future leaks in)."""
+def causal_conv1d(x: Tensor, conv: nn.Conv1d, positions: Tensor | None = None) -> Tensor:
+    """Depthwise causal convolution plus SiLU of ``x: [B, L, C]`` (left padding, so no future leaks in).
+
+    ``positions: [B, L]``, each token's position within its packed sequence: a tap reaching back past the
+    sequence's first token reads zero, as at the start of a row."""
     width = conv.weight.shape[-1]
-    out = F.conv1d(F.pad(x.transpose(1, 2), (width - 1, 0)), conv.weight, conv.bias, groups=conv.groups)
-    return F.silu(out).transpose(1, 2)
+    if positions is None:
+        out = F.conv1d(F.pad(x.transpose(1, 2), (width - 1, 0)), conv.weight, conv.bias, groups=conv.groups)
+        return F.silu(out).transpose(1, 2)
+    taps = conv.weight[:, 0]  # [C, width]; tap width - 1 - j reads x[t - j]
+    out = x * taps[:, -1]
+    for j in range(1, width):
+        earlier = F.pad(x, (0, 0, j, 0))[:, : x.shape[1]]  # x[t - j]
+        out = out + earlier * (positions >= j).unsqueeze(-1).to(x.dtype) * taps[:, width - 1 - j]
+    if conv.bias is not None:
+        out = out + conv.bias
+    return F.silu(out)
 
 
 def _inverse_softplus_dt(n: int, dt_min: float, dt_max: float, floor: float) -> Tensor:
@@ -70,9 +82,10 @@ class Mamba1Mixer(nn.Module):
         self.dt_proj.bias.copy_(_inverse_softplus_dt(cfg.d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
         self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
 
-    def forward(self, hidden: Tensor, use_kernels: bool = False) -> Tensor:
-        """``[B, L, d_model] -> [B, L, d_model]``."""
-        return self._forward_kernels(hidden) if use_kernels else self._forward_torch(hidden)
+    def forward(self, hidden: Tensor, use_kernels: bool = False, positions: Tensor | None = None) -> Tensor:
+        """``[B, L, d_model] -> [B, L, d_model]``; ``positions`` (packed rows, PyTorch path): each token's
+        position within its sequence, whose first token starts from a zero state."""
+        return self._forward_kernels(hidden) if use_kernels else self._forward_torch(hidden, positions)
 
     def _forward_kernels(self, hidden: Tensor) -> Tensor:
         # As mamba_simple.Mamba.forward: xz is [B, 2 d_inner, L] with L contiguous.
@@ -94,13 +107,14 @@ class Mamba1Mixer(nn.Module):
             delta_softplus=True,
         )
 
-    def _forward_torch(self, hidden: Tensor) -> Tensor:
+    def _forward_torch(self, hidden: Tensor, positions: Tensor | None = None) -> Tensor:
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        x = causal_conv1d(x, self.conv1d)
+        x = causal_conv1d(x, self.conv1d, positions)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.config.d_state, self.config.d_state], dim=-1)
         delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(x, delta, A, B, C)  # fp32
+        resets = None if positions is None else positions == 0
+        y = selective_scan(x, delta, A, B, C, resets=resets)  # fp32
         y = (y + x * self.D.float()) * F.silu(z.float())
         return self.out_proj(y.to(x.dtype))
 
@@ -171,9 +185,10 @@ class Mamba2Mixer(nn.Module):
         self.D.fill_(1.0)
         self.dt_bias.copy_(_inverse_softplus_dt(self.nheads, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
 
-    def forward(self, hidden: Tensor, use_kernels: bool = False) -> Tensor:
-        """``[B, L, d_model] -> [B, L, d_model]``."""
-        return self._forward_kernels(hidden) if use_kernels else self._forward_torch(hidden)
+    def forward(self, hidden: Tensor, use_kernels: bool = False, positions: Tensor | None = None) -> Tensor:
+        """``[B, L, d_model] -> [B, L, d_model]``; ``positions`` (packed rows, PyTorch path): each token's
+        position within its sequence, whose first token starts from a zero state."""
+        return self._forward_kernels(hidden) if use_kernels else self._forward_torch(hidden, positions)
 
     def _dt_limit_kwargs(self) -> dict[str, tuple[float, float]]:
         limit = tuple(self.config.dt_limit)
@@ -213,7 +228,7 @@ class Mamba2Mixer(nn.Module):
             **fused,
         )
 
-    def _forward_torch(self, hidden: Tensor) -> Tensor:
+    def _forward_torch(self, hidden: Tensor, positions: Tensor | None = None) -> Tensor:
         cfg = self.config
         batch, length, _ = hidden.shape
         gn = self.ngroups * cfg.d_state
@@ -222,7 +237,7 @@ class Mamba2Mixer(nn.Module):
         z0, x0, z, xBC, dt = zxbcdt.split(
             [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * gn, self.nheads], dim=-1
         )
-        x, B, C = causal_conv1d(xBC, self.conv1d).split([self.d_ssm, gn, gn], dim=-1)
+        x, B, C = causal_conv1d(xBC, self.conv1d, positions).split([self.d_ssm, gn, gn], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias.float())
         if limit := self._dt_limit_kwargs():
             dt = dt.clamp(*limit["dt_limit"])
@@ -236,6 +251,7 @@ class Mamba2Mixer(nn.Module):
             chunk=min(
                 cfg.chunk_size, SSD_CHUNK
             ),  # any chunk gives the same result; small ones are fast on CPU
+            segments=None if positions is None else torch.cumsum(positions == 0, dim=1),
         )
         D = self.D.float().view(self.nheads, -1)  # [h, 1] or [h, p]
         y = (y + heads * D).reshape(batch, length, self.d_ssm)

@@ -21,6 +21,11 @@ from lightning_rank.backbones.mamba.config import Mamba2Config, MambaConfig
 from lightning_rank.backbones.mamba.kernels import check_mode, should_use_kernels
 from lightning_rank.backbones.mamba.mixers import Mamba1Mixer, Mamba2Mixer
 
+PACKED_KERNELS = (
+    "packed rows reset the state at each sequence, which this project's calls of the fused mamba_ssm "
+    "kernels do not do yet: set backbone_args.use_kernels: never (the PyTorch path) or drop data.packing"
+)
+
 
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32, returned in the input dtype (as the 130m checkpoints use)."""
@@ -61,12 +66,19 @@ class MambaBlock(nn.Module):
             Mamba2Mixer(config) if isinstance(config, Mamba2Config) else Mamba1Mixer(config)
         )
 
-    def forward(self, hidden: Tensor, mask: Tensor | None = None, use_kernels: bool = False) -> Tensor:
-        """``hidden``: the residual stream ``[B, L, d_model]``; ``mask``: ``[B, L]``, 1 for real tokens."""
+    def forward(
+        self,
+        hidden: Tensor,
+        mask: Tensor | None = None,
+        use_kernels: bool = False,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """``hidden``: the residual stream ``[B, L, d_model]``; ``mask``: ``[B, L]``, 1 for real tokens;
+        ``positions``: packed rows only, each token's position within its sequence."""
         pre_norm = _compiled_pre_norm() if self.compiled_norm else _pre_norm
         mixed = pre_norm(hidden, self.norm.weight, self.norm.eps, mask)
         residual = hidden.float() if self.residual_in_fp32 else hidden
-        return residual + self.mixer(mixed, use_kernels=use_kernels)
+        return residual + self.mixer(mixed, use_kernels=use_kernels, positions=positions)
 
 
 class MambaModel(nn.Module):
@@ -96,14 +108,20 @@ class MambaModel(nn.Module):
                 nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
                 module.weight /= math.sqrt(self.config.n_layer)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Final-normed hidden states ``[B, L, d_model]`` of right-padded ``input_ids``."""
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+    ) -> Tensor:
+        """Final-normed hidden states ``[B, L, d_model]`` of right-padded ``input_ids``; with
+        ``position_ids`` (packed rows: positions within each sequence), each sequence starts from a zero
+        state and convolution window (PyTorch path only)."""
         hidden = self.embedding(input_ids)
         use_kernels = should_use_kernels(self.use_kernels, hidden)
+        if position_ids is not None and use_kernels:
+            raise NotImplementedError(PACKED_KERNELS)
         mask = None if attention_mask is None else attention_mask.to(hidden.dtype)
         for block in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(block, hidden, mask, use_kernels, use_reentrant=False)
+                hidden = checkpoint(block, hidden, mask, use_kernels, position_ids, use_reentrant=False)
             else:
-                hidden = block(hidden, mask, use_kernels)
+                hidden = block(hidden, mask, use_kernels, position_ids)
         return self.norm_f(hidden.to(self.norm_f.weight.dtype))

@@ -33,10 +33,13 @@ SSD_CHUNK = 64
 
 
 def _chunk_decay_and_input(
-    delta: Tensor, w: Tensor, At: Tensor, B: Tensor, buf_a: Tensor, buf_h: Tensor
+    delta: Tensor, w: Tensor, At: Tensor, B: Tensor, buf_a: Tensor, buf_h: Tensor, resets: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """``exp(delta A)`` and ``w B`` of one chunk, ``[T, B, N, D]``, written into the given buffers."""
+    """``exp(delta A)`` and ``w B`` of one chunk, ``[T, B, N, D]``, written into the given buffers; the
+    decay is 0 where ``resets`` ``[T, B]`` is set (a packed sequence starts: nothing carries into it)."""
     decay = torch.mul(delta.unsqueeze(-2), At, out=buf_a).exp_()
+    if resets is not None:
+        decay.masked_fill_(resets[:, :, None, None], 0.0)
     inputs = torch.mul(w.unsqueeze(-2), B.unsqueeze(-1), out=buf_h)
     return decay, inputs
 
@@ -64,9 +67,12 @@ class _SelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, resets: Tensor | None
+    ) -> Tensor:
         ftype = torch.promote_types(u.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
         ut, dt = (t.transpose(0, 1).to(ftype).contiguous() for t in (u, delta))  # [L, B, D]
+        rt = None if resets is None else resets.t().contiguous()  # [L, B]
         Bt, Ct = (t.transpose(0, 1).to(ftype).contiguous() for t in (B, C))  # [L, B, N]
         At = A.to(ftype).t().contiguous()  # [N, D]
         length, batch, dim = ut.shape
@@ -83,13 +89,14 @@ class _SelectiveScan(torch.autograd.Function):
             s, e = c * chunk, min(length, (c + 1) * chunk)
             starts[c] = h
             decay, states = _chunk_decay_and_input(
-                dt[s:e], w[s:e], At, Bt[s:e], buf_a[: e - s], buf_h[: e - s]
+                dt[s:e], w[s:e], At, Bt[s:e], buf_a[: e - s], buf_h[: e - s], None if rt is None else rt[s:e]
             )
             _recur_forward(states, decay, starts[c])
             h = states[-1]
             y[s:e] = torch.matmul(Ct[s:e].unsqueeze(-2), states).squeeze(-2)
         ctx.save_for_backward(ut, dt, At, Bt, Ct, starts)
         ctx.chunk = chunk
+        ctx.resets = rt
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype)
         return y.transpose(0, 1)
 
@@ -113,7 +120,8 @@ class _SelectiveScan(torch.autograd.Function):
         for c in range(starts.shape[0] - 1, -1, -1):
             s, e = c * chunk, min(length, (c + 1) * chunk)
             n = e - s
-            decay, states = _chunk_decay_and_input(dt[s:e], w[s:e], At, Bt[s:e], buf_a[:n], buf_h[:n])
+            reset = None if ctx.resets is None else ctx.resets[s:e]
+            decay, states = _chunk_decay_and_input(dt[s:e], w[s:e], At, Bt[s:e], buf_a[:n], buf_h[:n], reset)
             _recur_forward(states, decay, starts[c])
             # grads[t] = dL/dh_t: from y_t directly, then from h_{t+1} through the decay.
             grads = torch.mul(dyt[s:e].unsqueeze(-2), Ct[s:e].unsqueeze(-1), out=buf_g[:n])
@@ -139,27 +147,38 @@ class _SelectiveScan(torch.autograd.Function):
                 out.append(g.transpose(0, 1).to(dtype))
             else:
                 out.append(g.to(dtype))
-        return (*out, None)
+        return (*out, None, None)
 
 
 def selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int = SCAN_CHUNK
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk: int = SCAN_CHUNK,
+    resets: Tensor | None = None,
 ) -> Tensor:
     """Mamba-1's selective scan without the ``D`` skip and the gate.
 
     Shapes: ``u, delta: [B, L, D]`` (``delta`` after softplus), ``A: [D, N]`` (negative), ``B, C: [B, L, N]``;
-    returns ``y: [B, L, D]`` in fp32 (fp64 for fp64 inputs) with ``y_t = C_t . h_t``.
+    returns ``y: [B, L, D]`` in fp32 (fp64 for fp64 inputs) with ``y_t = C_t . h_t``. ``resets: [B, L]``
+    (bool): the state restarts from zero at these steps (the first token of each packed sequence).
     """
     with torch.autocast(device_type=u.device.type, enabled=False):
-        return _SelectiveScan.apply(u, delta, A, B, C, chunk)
+        return _SelectiveScan.apply(u, delta, A, B, C, chunk, resets)
 
 
-def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+def selective_scan_reference(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, resets: Tensor | None = None
+) -> Tensor:
     """The recurrence one step at a time, in the inputs' dtype: the test oracle for :func:`selective_scan`."""
     batch, length, dim = u.shape
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
     for t in range(length):
+        if resets is not None:
+            h = h * (~resets[:, t, None, None]).to(h.dtype)
         h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
         ys.append((h * C[:, t, None, :]).sum(-1))
     return torch.stack(ys, dim=1)
@@ -178,18 +197,30 @@ def segsum(x: Tensor) -> Tensor:
     return out.masked_fill(~lower, float("-inf"))
 
 
-def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int = SSD_CHUNK) -> Tensor:
+def ssd_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk: int = SSD_CHUNK,
+    segments: Tensor | None = None,
+) -> Tensor:
     """Mamba-2's state space dual (SSD) scan, chunked, without the ``D`` skip and the gate.
 
     Shapes: ``x: [b, l, h, p]``, ``dt: [b, l, h]`` (after softplus and clamping), ``A: [h]`` (negative),
     ``B, C: [b, l, g, n]`` with ``h`` a multiple of ``g``; returns ``y: [b, l, h, p]`` in fp32 (fp64 for
     fp64 inputs). Heads share their group's ``B``/``C`` without copies (heads split as ``g x r``).
+    ``segments: [b, l]`` (ints, non-decreasing along ``l``): no state passes between steps of different
+    segments (packed sequences; mamba_ssm's ``seq_idx``).
     """
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return _ssd_chunked(x, dt, A, B, C, chunk)
+        return _ssd_chunked(x, dt, A, B, C, chunk, segments)
 
 
-def _ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
+def _ssd_chunked(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, segments: Tensor | None
+) -> Tensor:
     ftype = torch.promote_types(x.dtype, torch.float32)
     x, dt, A, B, C = (t.to(ftype) for t in (x, dt, A, B, C))
     batch, length, heads, hdim = x.shape
@@ -200,7 +231,18 @@ def _ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: 
     if pad:  # zero dt: no decay and no input, so padded steps change nothing before them
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
         dt = F.pad(dt, (0, 0, 0, pad))
+        if segments is not None:
+            segments = F.pad(segments, (0, pad), mode="replicate")
     nc = (length + pad) // chunk
+    # Packed sequences: which (position, position) pairs, chunk ends and chunk starts share a segment.
+    same = keep_end = keep_start = carry = None
+    if segments is not None:
+        seg = segments.view(batch, nc, chunk)  # [b, c, l]
+        same = (seg.unsqueeze(-1) == seg.unsqueeze(-2))[:, :, None, None]  # [b, c, 1, 1, l, s]
+        keep_end = (seg == seg[..., -1:]).to(ftype)  # position reaches its chunk's end state
+        previous_end = torch.cat([seg[:, :1, :1], seg[:, :-1, -1:]], dim=1)  # [b, c, 1]
+        keep_start = (seg == previous_end).to(ftype)  # position reads the state carried into its chunk
+        carry = (seg[..., -1] == previous_end[..., 0]).to(ftype)  # [b, c]: the chunk carries its start state
     # Shapes: b batch, c chunk, l/s position in chunk, g group, r head in group, p head dim, n state.
     xdt = (x * dt.unsqueeze(-1)).view(batch, nc, chunk, groups, rep, hdim)  # [b, c, l, g, r, p]
     Bc = B.view(batch, nc, chunk, groups, n_state).transpose(2, 3)  # [b, c, g, l, n]
@@ -211,18 +253,24 @@ def _ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: 
     # 1. Within chunks: y = (C B^T o causal decay) (x dt), attention-like. The decay exp(a_cum[l] - a_cum[s])
     # takes differences of the cumulative sum, as mamba_ssm's Triton kernels do.
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)).masked_fill(~causal, float("-inf")))
+    visible = causal if same is None else causal & same
+    decay = torch.exp((a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)).masked_fill(~visible, float("-inf")))
     scores = torch.matmul(Cc, Bc.transpose(-1, -2)).unsqueeze(3) * decay  # [b, c, g, r, l, s]
     y_diag = torch.matmul(scores, xdt.permute(0, 1, 3, 4, 2, 5))  # [b, c, g, r, l, p]
 
     # 2. Each chunk's final state from its own inputs: B^T (x dt decayed to the chunk end).
     to_end = torch.exp(a_cum[..., -1:] - a_cum).permute(0, 1, 4, 2, 3).unsqueeze(-1)  # [b, c, l, g, r, 1]
+    if keep_end is not None:
+        to_end = to_end * keep_end[..., None, None, None]
     weighted = (xdt * to_end).view(batch, nc, chunk, groups, rep * hdim).transpose(2, 3)
     chunk_states = torch.matmul(Bc.transpose(-1, -2), weighted)  # [b, c, g, n, r p]
 
     # 3. States at chunk starts: a short recurrence over the chunks (unbind, not indexing: its backward is
     # one stack instead of a zero-filled full-size gradient per chunk).
-    chunk_decay = torch.exp(a_cum[..., -1]).view(batch, nc, groups, 1, rep, 1).unbind(1)
+    chunk_decay = torch.exp(a_cum[..., -1])  # [b, c, g, r]
+    if carry is not None:
+        chunk_decay = chunk_decay * carry[..., None, None]
+    chunk_decay = chunk_decay.view(batch, nc, groups, 1, rep, 1).unbind(1)
     chunk_states = chunk_states.view(batch, nc, groups, n_state, rep, hdim).unbind(1)
     state = torch.zeros_like(chunk_states[0])
     starts = []
@@ -234,11 +282,15 @@ def _ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: 
     # 4. The chunk's start state read out by C and decayed to each position.
     y_off = torch.matmul(Cc, start_states).view(batch, nc, groups, chunk, rep, hdim)  # [b, c, g, l, r, p]
     y_off = y_off * torch.exp(a_cum).transpose(-1, -2).unsqueeze(-1)
+    if keep_start is not None:
+        y_off = y_off * keep_start[:, :, None, :, None, None]
     y = y_diag.permute(0, 1, 4, 2, 3, 5) + y_off.transpose(2, 3)  # [b, c, l, g, r, p]
     return y.reshape(batch, nc * chunk, heads, hdim)[:, :length]
 
 
-def ssd_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+def ssd_reference(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, segments: Tensor | None = None
+) -> Tensor:
     """Mamba-2's recurrence one step at a time (``h_t = exp(dt A) h + dt x B^T``): the oracle for SSD."""
     batch, length, heads, hdim = x.shape
     rep = heads // B.shape[2]
@@ -246,6 +298,8 @@ def ssd_reference(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Ten
     h = x.new_zeros(batch, heads, hdim, B.shape[-1])
     ys = []
     for t in range(length):
+        if segments is not None and t > 0:
+            h = h * (segments[:, t] == segments[:, t - 1]).to(h.dtype)[:, None, None, None]
         da = torch.exp(dt[:, t] * A)[..., None, None]
         h = da * h + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, :, None, :]
         ys.append((h * Ch[:, t, :, None, :]).sum(-1))
