@@ -151,7 +151,12 @@ class BackboneFSDP2Strategy(ModelParallelStrategy):
         Called from the module's ``configure_model``; a module already sharded (a second trainer entry
         point, such as fit after validate) is left as it is.
         """
-        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            FSDPModule,
+            MixedPrecisionPolicy,
+            fully_shard,
+            register_fsdp_forward_method,
+        )
 
         if any(isinstance(m, FSDPModule) for m in module.modules()):
             return
@@ -175,6 +180,8 @@ class BackboneFSDP2Strategy(ModelParallelStrategy):
         for block in blocks:
             fully_shard(block, **options)
         fully_shard(module.backbone, **options)
+        # packed batches (data.packing) enter the backbone by forward_packed: gather its parameters there too
+        register_fsdp_forward_method(module.backbone, "forward_packed")
         fully_shard(module.head, **options)
         # Gradients of a parameter outside every unit would never be averaged across processes.
         outside = [

@@ -206,25 +206,36 @@ def test_fsdp2_resumes_a_single_process_checkpoint_and_back(tmp_path: Path) -> N
     _assert_same_training(onward, back, "fsdp2 -> single")
 
 
+BERT = (
+    "--model.backbone", "bert", "--model.backbone_args",
+    '{"tokenizer": "builtin:words", "config": {"hidden_size": 32, "num_hidden_layers": 2, '
+    '"num_attention_heads": 4, "intermediate_size": 64, "hidden_dropout_prob": 0.0, '
+    '"attention_probs_dropout_prob": 0.0}}',  # dropout masks depend on the process count
+)  # fmt: skip
+#: The last LayerNorm's bias adds one vector to every token state, so (pooled, then the linear head) it too
+#: only shifts all scores alike.
+BERT_SHIFT_ONLY = ("head.bias", "backbone.model.encoder.layer.1.output.LayerNorm.bias")
+
+
+def test_fsdp2_trains_on_packed_rows_as_one_process_on_padded_ones(tmp_path: Path) -> None:
+    """Packed batches enter the backbone by forward_packed, which FSDP2 must gather parameters for too
+    (it failed with "mixed torch.Tensor and DTensor" before)."""
+    single = _fit(tmp_path / "one", *BERT, steps=20)
+    packed = _fit(tmp_path / "fsdp2", *BERT, "--data.packing", "true", strategy=FSDP2, devices=2, steps=20)
+    _assert_same_training(single, packed, "fsdp2 + packing", BERT_SHIFT_ONLY)
+
+
 def test_fsdp2_with_frozen_parameters_and_activation_checkpointing(tmp_path: Path) -> None:
     """A BERT-family backbone with frozen word embeddings (as configs/beir_minilm.yaml) and recomputed blocks
     trains on 2 FSDP2 processes as on one: frozen and trainable parameters share a unit, recomputation
     changes nothing, and the frozen weights stay as they were."""
-    bert = (
-        "--model.backbone", "bert", "--model.frozen", '["*word_embeddings*"]', "--model.backbone_args",
-        '{"tokenizer": "builtin:words", "config": {"hidden_size": 32, "num_hidden_layers": 2, '
-        '"num_attention_heads": 4, "intermediate_size": 64, "hidden_dropout_prob": 0.0, '
-        '"attention_probs_dropout_prob": 0.0}}',  # dropout masks depend on the process count
-    )  # fmt: skip
+    bert = ("--model.frozen", '["*word_embeddings*"]', *BERT)
     single = _fit(tmp_path / "one", *bert, steps=20)
     sharded = _fit(
         tmp_path / "fsdp2", *bert, "--trainer.strategy.init_args.activation_checkpointing", "true",
         strategy=FSDP2, devices=2, steps=20,
     )  # fmt: skip
-    # The last LayerNorm's bias adds one vector to every token state, so (pooled, then the linear head) it
-    # too only shifts all scores alike.
-    shift_only = ("head.bias", "backbone.model.encoder.layer.1.output.LayerNorm.bias")
-    _assert_same_training(single, sharded, "fsdp2 + frozen + activation checkpointing", shift_only)
+    _assert_same_training(single, sharded, "fsdp2 + frozen + activation checkpointing", BERT_SHIFT_ONLY)
     # the frozen embeddings are still as initialised (the CLI seeds, then builds the model)
     seed_everything(yaml.safe_load(Path(DEMO).read_text())["seed_everything"])
     initial = RerankerModule(backbone="bert", backbone_args=json.loads(bert[-1])).state_dict()
