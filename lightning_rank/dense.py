@@ -93,10 +93,7 @@ def dense(
     if not candidates:
         raise ValueError(f"{run}: the run is empty; nothing to rescore")
     start = time.perf_counter()
-    try:  # before the model loads: a run of another dataset fails at once
-        queries, texts = run_texts(dataset, candidates)
-    except ValueError as err:
-        raise ValueError(f"{run}: {err}") from err
+    queries, texts = run_texts(dataset, candidates, run)  # before the model loads: a wrong run fails at once
     encoder = load_bi_encoder(model, max_length, device)
     scored = dense_scores(queries, texts, candidates, encoder, batch_size)
     return write_and_report(scored, output, dataset, tag, start, measures)

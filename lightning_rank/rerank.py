@@ -65,10 +65,7 @@ def rerank(
     )
     if not pairs:
         raise ValueError(f"{run}: the run is empty; nothing to rerank")
-    try:  # before the model loads: a run of another dataset fails at once
-        queries, texts = run_texts(dataset, candidates)
-    except ValueError as err:
-        raise ValueError(f"{run}: {err}") from err
+    queries, texts = run_texts(dataset, candidates, run)  # before the model loads: a wrong run fails at once
     reranker = RerankerModule.from_pretrained(model).to(
         device or ("cuda" if torch.cuda.is_available() else "cpu")
     )

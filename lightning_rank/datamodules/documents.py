@@ -39,19 +39,24 @@ class DocumentLookup:
         return set(found), {d for d, doc in found.items() if not doc.default_text().strip()}
 
 
-def run_texts(dataset: str, run: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, str], dict[str, str]]:
+def run_texts(
+    dataset: str, run: Mapping[str, Mapping[str, float]], source: str
+) -> tuple[dict[str, str], dict[str, str]]:
     """The query texts and document texts a run over ``dataset`` lists: ``(queries, documents)``. A run with
-    queries or documents the dataset lacks (a run made for another dataset) is refused, naming examples."""
+    queries or documents the dataset lacks (a run made for another dataset) is refused, naming examples and
+    the run's file (``source``)."""
     queries = {q.query_id: q.default_text() for q in load_dataset(dataset).queries_iter()}
     missing_queries = sorted(q for q in run if q not in queries)
     if len(missing_queries) == len(run):
-        raise ValueError(f"none of the run's queries is a query of {dataset}; pass the run of that dataset")
+        raise ValueError(
+            f"{source}: none of the run's queries is a query of {dataset}; pass the run of that dataset"
+        )
     listed = {d for docs in run.values() for d in docs}
     texts = DocumentLookup(dataset).texts(listed)
     missing_docs = sorted(listed - texts.keys())
     if missing_queries or missing_docs:
         raise ValueError(
-            f"the run is not a run over {dataset}: {len(missing_queries)} of its queries and "
+            f"{source}: the run is not a run over {dataset}: {len(missing_queries)} of its queries and "
             f"{len(missing_docs)} of its documents are not in the dataset (e.g. "
             f"{(missing_queries or missing_docs)[:3]}); pass the dataset the run was made for"
         )
