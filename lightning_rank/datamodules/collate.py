@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rank.datamodules.packing import pack
+from lightning_rank.datamodules.packing import check_packing_options, pack
 from lightning_rank.templates import EncodedPair, PairTemplate
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -36,10 +36,7 @@ class PairCollator:
     packing: bool = False  # pairs share rows of up to max_length tokens (lightning_rank.datamodules.packing)
 
     def __post_init__(self) -> None:
-        if self.packing and self.length_buckets > 1:
-            raise ValueError(
-                "packing and length_buckets > 1 are two ways to avoid padding: use one (packing pads less)"
-            )
+        check_packing_options(self.packing, self.length_buckets)
 
     def __call__(
         self, queries: list[str], documents: list[str], scores: list[str] | None = None

@@ -42,6 +42,7 @@ from lightning_rank.datamodules.groups import (
     docpairs_as_qrels_and_run,
     fill_unscored,
 )
+from lightning_rank.datamodules.packing import check_packing_options
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
 from lightning_rank.excerpts import Excerpt, check_excerpt
@@ -128,7 +129,7 @@ class RerankDataModule(pl.LightningDataModule):
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
             length_buckets: sort each batch's pairs by length and pad this many buckets separately (the
                 model scores them one after the other): less padding on passages of mixed lengths.
-            packing: put several pairs in each row of ``max_length`` tokens, each attending only to itself
+            packing: put several pairs in each row of up to ``max_length`` tokens, each seeing only itself
                 (``datamodules.packing``): almost no padding; same scores as padded rows. Transformers
                 backbones with SDPA or eager attention, Mamba on its PyTorch path; not with
                 ``length_buckets`` or ``model.cuda_graphs``.
@@ -138,11 +139,7 @@ class RerankDataModule(pl.LightningDataModule):
         super().__init__()
         check_group_size(group_size)  # at configuration time, before any data is read
         check_excerpt(excerpt)
-        if packing and length_buckets > 1:
-            raise ConfigError(
-                "data.packing and data.length_buckets > 1 are two ways to avoid padding: set one "
-                "(packing pads less; length buckets work with every backbone and with model.cuda_graphs)"
-            )
+        check_packing_options(packing, length_buckets)
         self.save_hyperparameters()
         for name, source in (local_collections or {}).items():
             register_local(name, source)

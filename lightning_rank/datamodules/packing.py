@@ -14,7 +14,17 @@ from typing import Any
 
 import torch
 
+from lightning_rank.preflight import ConfigError
 from lightning_rank.templates import EncodedPair
+
+
+def check_packing_options(packing: bool, length_buckets: int) -> None:
+    """Refuse packing together with length buckets: two ways to avoid padding, one at a time."""
+    if packing and length_buckets > 1:
+        raise ConfigError(
+            "data.packing and data.length_buckets > 1 are two ways to avoid padding: set one "
+            "(packing pads less; length buckets work with every backbone and with model.cuda_graphs)"
+        )
 
 
 def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
