@@ -245,8 +245,14 @@ class HFBackbone(Backbone):
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
     ) -> Tensor:
         """Last hidden states ``[B, L, H]``; ``token_type_ids`` reach only models that use them."""
+        return self._last_hidden(input_ids, attention_mask, token_type_ids)
+
+    def _last_hidden(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None, **extra: Tensor
+    ) -> Tensor:
+        """The model's last hidden states; ``token_type_ids`` only where the model uses them, no cache."""
         self._check_ids(input_ids)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, **extra}
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         if self._takes_use_cache:
@@ -276,7 +282,6 @@ class HFBackbone(Backbone):
         decoders) passed as transformers' ready-made 4D mask, and positions restarting with each pair."""
         if reason := self.packing_unsupported():
             raise NotImplementedError(reason)
-        self._check_ids(input_ids)
         mask = sequence_ids[:, None, :, None] == sequence_ids[:, None, None, :]  # [R, 1, P, P]
         if self._causal:
             mask = mask & torch.ones_like(mask[0, 0]).tril()
@@ -285,16 +290,9 @@ class HFBackbone(Backbone):
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(dtype).min
             )
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "position_ids": position_ids + self._position_offset,
-        }
-        if token_type_ids is not None and self._takes_token_types:
-            kwargs["token_type_ids"] = token_type_ids
-        if self._takes_use_cache:
-            kwargs["use_cache"] = False
-        return self.model(**kwargs).last_hidden_state
+        return self._last_hidden(
+            input_ids, mask, token_type_ids, position_ids=position_ids + self._position_offset
+        )
 
     @functools.cached_property
     def _causal(self) -> bool:
