@@ -50,6 +50,15 @@ def tiny_bi_encoder(folder: Path) -> Path:
     return folder
 
 
+def last_val_metrics(root: Path) -> dict[str, float]:
+    """The last validation metrics (``val/<measure>@k``) a run under ``root`` logged to its metrics.csv."""
+    import csv
+
+    (metrics,) = root.rglob("metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("val/nDCG@10")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and "@" in k}
+
+
 @pytest.fixture
 def run_cli():
     return cli

@@ -3,18 +3,9 @@ metrics equal the single-process values on the same checkpoint and run."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
-from conftest import REPO, cli
+from conftest import REPO, cli, last_val_metrics
 
 DEMO = str(REPO / "configs" / "demo.yaml")
-
-
-def val_metrics(root: Path) -> dict[str, float]:
-    (metrics,) = root.rglob("metrics.csv")
-    rows = [r for r in csv.DictReader(metrics.open()) if r.get("val/nDCG@10")]
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and "@" in k}
 
 
 def test_ddp_validation_equals_single_process(tmp_path):
@@ -35,7 +26,7 @@ def test_ddp_validation_equals_single_process(tmp_path):
             "--trainer.enable_progress_bar", "false", "--data.eval_batch_size", "50",
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
-        results[devices] = val_metrics(root)
+        results[devices] = last_val_metrics(root)
     assert set(results[1]) == {"val/nDCG@10", "val/RR@10", "val/R@100"}
     assert 0.0 < results[1]["val/nDCG@10"] < 1.0
     for name, value in results[1].items():

@@ -3,7 +3,6 @@ a whole fit equal the padded ones; backbones that cannot pack say so before anyt
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import random
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, last_val_metrics
 from test_hf_backbones import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY
 
 from lightning_rank.backbones.mamba import backbone as mamba_backbone
@@ -154,12 +153,6 @@ def test_a_pair_sees_nothing_of_its_row_neighbours(name: str) -> None:
         assert not torch.allclose(model(leaky), model(padded), atol=1e-6, rtol=1e-5)
 
 
-def val_metrics(root: Path) -> dict[str, float]:
-    (metrics,) = root.rglob("metrics.csv")
-    last = [r for r in csv.DictReader(metrics.open()) if r.get("val/nDCG@10")][-1]
-    return {k: float(v) for k, v in last.items() if k.startswith("val/") and v and "@" in k}
-
-
 TINY_BERT = {"tokenizer": "builtin:words", "config": {**TINY, **NO_DROPOUT["bert"]}}
 BERT = [
     "--model.backbone", "bert", "--model.backbone_args", json.dumps(TINY_BERT),
@@ -217,7 +210,7 @@ def test_a_packed_fit_ends_where_the_padded_one_does(backbone: str, tmp_path: Pa
             "fit", "--config", DEMO, *model, *data, "--trainer.max_epochs", "1", "--trainer.max_steps", "25",
             "--data.packing", packing, "--trainer.default_root_dir", str(root),
         ])  # fmt: skip
-        results[packing] = val_metrics(root)
+        results[packing] = last_val_metrics(root)
         assert bool(packed_batches) == (packing == "true")  # really packed (training and validation)
     assert 0.0 < results["false"]["val/nDCG@10"] < 1.0
     for name, value in results["false"].items():

@@ -8,14 +8,13 @@ wrap policy it hands to FSDP; benchmarks/gpu_session.sh runs the FSDP fits on a 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, cli
+from conftest import REPO, cli, last_val_metrics
 from lightning.pytorch import seed_everything
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
@@ -133,12 +132,6 @@ def test_validation_before_fit_is_skipped_under_fsdp_with_a_warning() -> None:
         built.before_fit()  # would run trainer.validate, which FSDP refuses on a CPU
 
 
-def _last_val(root: Path) -> dict[str, float]:
-    (metrics,) = root.rglob("metrics.csv")
-    rows = [r for r in csv.DictReader(metrics.open()) if r.get("val/nDCG@10")]
-    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v and "@" in k}
-
-
 CPU_FLAGS = (
     "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
     "--validate_before_fit", "false", "--trainer.enable_progress_bar", "false",
@@ -167,7 +160,7 @@ def _assert_same_training(
     one: Path, other: Path, what: str, shift_only: tuple[str, ...] = ("head.bias",)
 ) -> None:
     """Same validation metrics (within 1e-4) and weights (up to float summation order) as one process."""
-    expected, got = _last_val(one.parent.parent), _last_val(other.parent.parent)
+    expected, got = last_val_metrics(one.parent.parent), last_val_metrics(other.parent.parent)
     assert set(expected) == {"val/nDCG@10", "val/RR@10", "val/R@100"}
     for name, value in expected.items():
         assert abs(got[name] - value) <= 1e-4, (what, name, expected, got)
