@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, last_val_metrics
+from test_cli import GRU
 from test_hf_backbones import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY
 
 from lightning_rank.backbones.mamba import backbone as mamba_backbone
@@ -23,7 +24,6 @@ from lightning_rank.module import RerankerModule
 from lightning_rank.preflight import ConfigError
 
 DEMO = str(REPO / "configs" / "demo.yaml")
-GRU = ["--model.backbone", "gru", "--model.backbone_args", '{tokenizer: "builtin:words", hidden_size: 32}']
 
 
 MAMBA = {
