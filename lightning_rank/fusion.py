@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Literal
 
 from lightning_rank.datamodules.collections import (
@@ -23,6 +22,7 @@ from lightning_rank.datamodules.collections import (
 from lightning_rank.metrics import (
     DEFAULT_MEASURES,
     Run,
+    check_replaceable,
     evaluate_run,
     parse_measures,
     read_trec_run,
@@ -99,7 +99,7 @@ def fuse(
     Args:
         run: the reranked TREC run (``lightning-rank predict``'s run_writer output).
         first_stage: the TREC run it reranked (e.g. ``lightning-rank bm25``'s).
-        output: TREC run file to write (atomically).
+        output: TREC run file to write (atomically); an existing file is replaced only when it is a run.
         weight: the reranker's share in [0, 1] (1: the reranker alone, 0: the first stage alone), or
             ``tune``: the best of 0, 0.05, ..., 1 for ``measure`` on ``qrels``. Tune on held-out queries,
             then pass the printed weight when fusing the test queries.
@@ -116,6 +116,7 @@ def fuse(
     if weight == "tune" and qrels is None:
         raise ValueError("--weight tune needs --qrels: the dataset id of held-out judged queries (NAME/dev)")
     parse_measures([measure, *(measures or [])])  # unknown names fail before any file is read
+    check_replaceable(output, "run")
     reranked, lexical = read_trec_run(run), read_trec_run(first_stage)
     if not reranked:
         raise ValueError(f"{run}: the reranked run is empty")
@@ -132,7 +133,6 @@ def fuse(
         print(f"{measure} on {qrels} by reranker weight:")
         print("  ".join(f"{w:.2f}={v:.4f}" for w, v in values.items()))
     fused = interpolate(reranked, lexical, float(weight), normalization)
-    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(fused, output, tag=tag)
     print(f"wrote {output}: {len(fused)} queries, reranker weight {float(weight):.2f} ({normalization})")
     if judged is not None:

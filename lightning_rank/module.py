@@ -344,18 +344,22 @@ class RerankerModule(pl.LightningModule):
         return {"query_index": batch["query_index"], "doc_index": batch["doc_index"], "scores": self(batch)}
 
     # -- inference without Lightning ------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Export backbone (its own format), tokenizer and head to ``folder`` (``lightning_rank.export``)."""
+    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Export backbone (its own format), tokenizer and head to ``folder`` (``lightning_rank.export``): a
+        new or empty folder, or an earlier export with ``overwrite``."""
         from lightning_rank.export import export_reranker
 
-        return export_reranker(self, folder)
+        return export_reranker(self, folder, overwrite)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, **backbone_overrides: Any) -> RerankerModule:
-        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode."""
+    def from_pretrained(
+        cls, folder: str | os.PathLike, trust_remote_code: bool = False, **backbone_overrides: Any
+    ) -> RerankerModule:
+        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode. Python files
+        of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
         from lightning_rank.export import load_reranker
 
-        return load_reranker(folder, **backbone_overrides)
+        return load_reranker(folder, trust_remote_code, **backbone_overrides)
 
     @torch.no_grad()
     def score(

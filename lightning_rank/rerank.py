@@ -18,7 +18,7 @@ from lightning_rank.datamodules.collections import LocalFiles, register_local, r
 from lightning_rank.datamodules.datamodule import ranked_scores
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.first_stage import score_texts
-from lightning_rank.metrics import Run, read_trec_run
+from lightning_rank.metrics import Run, check_replaceable, read_trec_run
 from lightning_rank.preflight import InputError
 from lightning_rank.run_report import write_and_report
 
@@ -34,6 +34,7 @@ def rerank(
     local_collections: dict[str, str | LocalFiles] | None = None,
     measures: list[str] | None = None,
     tag: str = "reranker",
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Write ``run``'s top ``depth`` candidates rescored by an exported reranker; with qrels, print metrics.
 
@@ -41,7 +42,8 @@ def rerank(
         model: the folder ``lightning-rank export`` wrote.
         dataset: ir_datasets id whose queries and corpus the run is over (a registered ``NAME/test``).
         run: the TREC run to rerank (e.g. ``lightning-rank bm25``'s).
-        output: TREC run file to write (atomically; its folder is created).
+        output: TREC run file to write (atomically; its folder is created); an existing file is replaced
+            only when it is a run.
         depth: candidates reranked per query: the run's highest scored (ties: doc id descending), as
             ``predict``'s ``data.rerank_depth``.
         batch_size: pairs scored per forward pass.
@@ -49,6 +51,8 @@ def rerank(
         local_collections: ``{name: folder or files}`` collections to register first (see README).
         measures: ir_measures names to report when the dataset has qrels.
         tag: the run tag (last TREC column).
+        trust_remote_code: run Python code the export folder ships (its backbone config's ``auto_map``),
+            when its ``reranker.json`` asks for it; read that code first. Off: such an export is refused.
     """
     from lightning_rank.module import RerankerModule
 
@@ -57,6 +61,7 @@ def rerank(
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
+    check_replaceable(output, "run")  # before the run is read and the model loads
     start = time.perf_counter()
     listed = read_trec_run(run)
     # each query's top `depth` as predict takes them (ties: doc id descending, as trec_eval)
@@ -66,7 +71,7 @@ def rerank(
     if not pairs:
         raise ValueError(f"{run}: the run is empty; nothing to rerank")
     queries, texts = run_texts(dataset, candidates, run)  # before the model loads: a wrong run fails at once
-    reranker = RerankerModule.from_pretrained(model).to(
+    reranker = RerankerModule.from_pretrained(model, trust_remote_code=trust_remote_code).to(
         device or ("cuda" if torch.cuda.is_available() else "cpu")
     )
     shown = score_texts(candidates, depth) if reranker.backbone.template.needs_score else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from lightning_rank.datamodules.collections import load_dataset
 from lightning_rank.metrics import DEFAULT_MEASURES, Run, evaluate_run, write_trec_run
@@ -16,7 +15,6 @@ def write_and_report(
     """Write ``run`` (atomically, its folder created) and, when ``dataset`` has qrels, print and return the
     measures of ``evaluated`` (default: ``run``); ``started`` is the ``perf_counter`` the work began at.
     ``qrels``: the dataset's, where the caller has read them already."""
-    Path(output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     write_trec_run(run, output, tag=tag)
     entries = sum(len(v) for v in run.values())
     print(f"wrote {output}: {len(run)} queries, {entries} entries in {time.perf_counter() - started:.1f}s")

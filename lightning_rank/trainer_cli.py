@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lightning_rank.callbacks import RankProgressBar, StopOnSigterm, TokensPerSecond, TrecRunWriter
 from lightning_rank.cuda_graphs import PACKING_CONFLICT, CudaGraphError, check_cuda_graphs
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.metrics import atomic_write_lines
+from lightning_rank.metrics import check_replaceable, write_metrics_file
 from lightning_rank.module import NonFiniteLossError, RerankerModule
 from lightning_rank.preflight import ConfigError
 
@@ -101,6 +99,16 @@ class LightningRankCLI(LightningCLI):
             help="fit only: run validation once more after training and print the table",
         )
 
+    def before_instantiate_classes(self) -> None:
+        """An output that must not be replaced (``--metrics_file``, predict's ``--run_writer.output``) is
+        refused before the model, the data or a checkpoint is loaded."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("metrics_file"):
+            check_replaceable(config["metrics_file"], "metrics", option="--metrics_file")
+        output = (config.get("run_writer") or {}).get("output")
+        if self.subcommand == "predict" and output:
+            check_replaceable(output, "run", option="--run_writer.output")
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """LightningCLI's trainer, plus a rich progress bar, a resumable checkpoint callback and a stop at the
         next batch on SIGTERM, unless the user disabled or chose their own."""
@@ -174,8 +182,7 @@ class LightningRankCLI(LightningCLI):
         metrics = {
             k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix) and "@" in k
         }
-        text = json.dumps(dict(sorted(metrics.items())), indent=2) + "\n"
-        atomic_write_lines(Path(path), [text])
+        write_metrics_file(path, metrics)
 
 
 def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:

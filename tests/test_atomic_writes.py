@@ -52,7 +52,7 @@ def test_a_failed_export_leaves_the_old_export(tmp_path: Path, monkeypatch: pyte
     with torch.no_grad():
         module.head.weight.add_(1.0)  # a different model, whose export then fails
     with pytest.raises(OSError, match="disk full"):
-        module.save_pretrained(folder)
+        module.save_pretrained(folder, overwrite=True)
     assert snapshot(folder) == before
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging folder left
 

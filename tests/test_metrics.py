@@ -249,7 +249,7 @@ def test_read_ignores_rank_column_and_checks_format(tmp_path: Path) -> None:
 
 def test_failed_write_leaves_existing_file_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "test.run"
-    path.write_text("previous content\n")
+    path.write_text("q0 Q0 d0 1 1.0 previous\n")
 
     def broken_fsync(fd: int) -> None:
         raise OSError("disk full")
@@ -257,7 +257,7 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path: Path, monkeypatch
     monkeypatch.setattr(metrics.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_trec_run(RUN, path)
-    assert path.read_text() == "previous content\n"
+    assert path.read_text() == "q0 Q0 d0 1 1.0 previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["test.run"]  # temp file removed
     monkeypatch.undo()
     # bad input fails before anything is written
@@ -265,6 +265,6 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path: Path, monkeypatch
         write_trec_run({"q 1": {"d1": 1.0}}, path)
     with pytest.raises(ValueError, match="NaN"):
         write_trec_run({"q1": {"d1": float("nan")}}, path)
-    assert path.read_text() == "previous content\n"
+    assert path.read_text() == "q0 Q0 d0 1 1.0 previous\n"
     write_trec_run(RUN, path)
     assert read_trec_run(path) == RUN

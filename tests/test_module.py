@@ -47,8 +47,8 @@ def test_export_round_trip_scores_equal_and_backbone_loads_with_automodel(bert, 
     loaded = RerankerModule.from_pretrained(folder)
     torch.testing.assert_close(bert.score(QUERIES, DOCS), loaded.score(QUERIES, DOCS), atol=1e-6, rtol=0)
     assert type(AutoModel.from_pretrained(folder / "backbone")).__name__ == "BertModel"
-    # Exporting again over the same folder replaces it whole.
-    bert.save_pretrained(folder)
+    # Exporting again over an earlier export replaces it whole, when asked to.
+    bert.save_pretrained(folder, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["backbone", "head.safetensors", "reranker.json"]
 
 

@@ -87,7 +87,8 @@ class HFBackbone(Backbone):
                 ``pip install lightning-rank[flash]``, CUDA and fp16/bf16) or ``"eager"``.
             gradient_checkpointing: Recompute each layer's activations in the backward pass (less memory).
             dtype: Parameter dtype; None keeps float32 weights (mixed precision is the trainer's job).
-            trust_remote_code: Allow model code from the hub (off unless asked).
+            trust_remote_code: Run Python code the checkpoint ships (an ``auto_map`` in its config), from the
+                hub or a local folder; off unless the user asks for it.
             pooling: The state the head scores: ``"first"`` token, ``"last"`` real token or ``"mean"`` over
                 real tokens; defaults to the backbone's own (first for encoders, last for decoders).
                 ``"mean"`` suits checkpoints trained with mean pooling, such as sentence-transformers models.

@@ -10,14 +10,15 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_rank.metrics import write_trec_run
+from lightning_rank.metrics import check_replaceable, write_trec_run
 
 
 class TrecRunWriter(BasePredictionWriter):
     """Collects every rank's (query, document, score) predictions and writes one run file from rank 0.
 
     The file is written atomically, so an interrupted predict never leaves a truncated run behind, and an
-    existing file is only replaced once the new one is complete.
+    existing file is only replaced once the new one is complete. An existing file that is not a run, or a
+    folder, is refused at setup, before anything is scored.
     """
 
     def __init__(self, output: str | None = None, tag: str = "lightning-rank") -> None:
@@ -30,6 +31,14 @@ class TrecRunWriter(BasePredictionWriter):
         self.output = output
         self.tag = tag
         self.written: Path | None = None
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        """The run file this writer writes for ``trainer``."""
+        return Path(self.output or Path(trainer.default_root_dir) / "predict.trec").expanduser()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "predict":
+            check_replaceable(self.path(trainer), "run", option="--run_writer.output")
 
     def write_on_epoch_end(
         self,
@@ -49,8 +58,7 @@ class TrecRunWriter(BasePredictionWriter):
         run: dict[str, dict[str, float]] = {}
         for qi, di, score in rows:
             run.setdefault(split.query_ids[qi], {}).setdefault(split.doc_ids[di], score)
-        path = Path(self.output or Path(trainer.default_root_dir) / "predict.trec").expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.path(trainer)
         write_trec_run(run, path, tag=self.tag)
         self.written = path
         print(f"wrote {path}: {len(run)} queries, {sum(len(d) for d in run.values())} entries")
