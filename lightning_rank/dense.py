@@ -14,6 +14,7 @@ from typing import Any
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.metrics import Run, check_replaceable, read_trec_run
+from lightning_rank.options import check_sizes
 from lightning_rank.preflight import InputError
 from lightning_rank.run_report import write_and_report
 
@@ -88,6 +89,7 @@ def dense(
             run written by ``bm25 --judged true`` holds every positive, so its metrics read high).
         tag: the run tag (last TREC column).
     """
+    check_sizes("--", batch_size=batch_size, max_length=max_length)
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     require_dataset(dataset, "--dataset", register_option="--local_collections")

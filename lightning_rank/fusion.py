@@ -28,6 +28,7 @@ from lightning_rank.metrics import (
     read_trec_run,
     write_trec_run,
 )
+from lightning_rank.options import check_between
 
 Normalization = Literal["zscore", "minmax"]
 GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0
@@ -111,6 +112,8 @@ def fuse(
         measures: ir_measures names to print when ``qrels`` is given.
         tag: the run tag (last TREC column).
     """
+    if weight != "tune":
+        check_between("--weight", weight, 0, 1)
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     if weight == "tune" and qrels is None:

@@ -46,9 +46,14 @@ from lightning_rank.datamodules.packing import check_packing_options
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
 from lightning_rank.excerpts import Excerpt, check_excerpt
+from lightning_rank.options import check_at_least, check_sizes
 from lightning_rank.metrics import read_trec_run
 from lightning_rank.preflight import ConfigError, check_group_size
 
+_POSITIVE_OPTIONS = (
+    "batch_size", "eval_batch_size", "negatives_depth", "rerank_depth", "max_length", "max_query_length",
+    "length_buckets", "pad_to_multiple_of",
+)  # fmt: skip
 EVAL_STAGES = ("val", "test", "predict")
 _console = logging.getLogger("lightning.pytorch")  # Lightning's own console handler shows it
 
@@ -137,6 +142,7 @@ class RerankDataModule(pl.LightningDataModule):
             seed: seeds query order and negative sampling (with the epoch).
         """
         super().__init__()
+        _check_ranges(locals())
         check_group_size(group_size)  # at configuration time, before any data is read
         check_excerpt(excerpt)
         check_packing_options(packing, length_buckets)
@@ -348,6 +354,12 @@ class RerankDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
+
+def _check_ranges(options: Mapping[str, Any]) -> None:
+    """Sizes and depths of 0 or below (and negative workers) fail at configuration, naming the option."""
+    check_sizes("data.", **{name: options[name] for name in _POSITIVE_OPTIONS})
+    check_at_least("data.num_workers", options["num_workers"], 0, "0 tokenizes in the main process")
+
 
 
 def _queries(dataset: Any) -> dict[str, str]:
