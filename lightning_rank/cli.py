@@ -19,6 +19,7 @@ from typing import NoReturn
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+SIGINT_EXIT_STATUS = 130  # 128 + SIGINT (Ctrl-C)
 
 
 def list_backbones() -> int:
@@ -97,8 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SIGTERMException as err:  # stopped at a batch end (callbacks/sigterm.py) or by Lightning's loop
         print("\n".join(getattr(err, "__notes__", [])) or "stopped by SIGTERM", file=sys.stderr)
-        return SIGTERM_EXIT_STATUS
+        return getattr(err, "exit_status", SIGTERM_EXIT_STATUS)
+    except KeyboardInterrupt as err:  # Ctrl-C outside a trainer entry point
+        return _interrupted(err)
+    except SystemExit as err:
+        # Lightning ends a trainer entry point that a KeyboardInterrupt (a second Ctrl-C) stopped with exit(1)
+        if isinstance(err.__context__, KeyboardInterrupt) and err.code == 1:
+            return _interrupted(err.__context__)
+        raise
     return 0
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """Ctrl-C: what was kept (a note the signal callback added, if any) and 128 + SIGINT, as a shell says."""
+    print("\n".join(getattr(err, "__notes__", [])) or "interrupted by Ctrl-C", file=sys.stderr)
+    return SIGINT_EXIT_STATUS
 
 
 @contextlib.contextmanager

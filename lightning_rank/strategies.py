@@ -198,10 +198,12 @@ class BackboneFSDP2Strategy(ModelParallelStrategy):
         self, checkpoint_path: str | Path, weights_only: bool | None = None
     ) -> dict[str, Any]:
         """Load a checkpoint file written by any strategy and any number of processes (or a sharded folder
-        written by this one), matching optimizer states to parameters as torch numbers them."""
+        written by this one), matching optimizer states to parameters as torch numbers them. Tensors and
+        plain values only (``weights_only``) unless the caller passes False."""
         from lightning.fabric.strategies.model_parallel import _load_raw_module_state
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        weights_only = weights_only is not False
         path = Path(self.broadcast(checkpoint_path))
         if not path.is_file():
             return super().load_checkpoint(path, weights_only=weights_only)
