@@ -255,27 +255,23 @@ class RankingMetrics(Metric):
 def read_trec_run(path: str | os.PathLike[str]) -> Run:
     """Read a TREC run file (``qid Q0 docid rank score [tag]``) into ``{qid: {docid: score}}``.
 
-    The rank column is ignored, as trec_eval does. A document listed twice for one query is an error.
+    The rank column is ignored, as trec_eval does, but must be an integer. Every line is checked
+    (:func:`lightning_rank.data_files.run_row`): a mistake, a document listed twice for one query or an
+    empty file raises :class:`~lightning_rank.data_files.DataFileError` naming the file and line.
     """
+    from lightning_rank.data_files import DataFileError, numbered_records
+
     run: Run = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) not in (5, 6):
-                raise ValueError(
-                    f"{path}:{lineno}: expected 'qid Q0 docid rank score tag' (6 fields), got {len(fields)}"
-                )
-            qid, _, did, _, score = fields[:5]
-            try:
-                value = float(score)
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: score {score!r} is not a number") from err
-            docs = run.setdefault(qid, {})
-            if did in docs:
-                raise ValueError(f"{path}:{lineno}: document {did!r} appears twice for query {qid!r}")
-            docs[did] = value
+    for lineno, (qid, did, value) in numbered_records(path, "run"):
+        docs = run.setdefault(qid, {})
+        if did in docs:
+            raise DataFileError(
+                f"{path}:{lineno}: document {did!r} appears twice for query {qid!r}; keep one line per "
+                "(query, document)"
+            )
+        docs[did] = value
+    if not run:
+        raise DataFileError(f"{path}: the run file holds no 'qid Q0 docid rank score tag' lines")
     return run
 
 

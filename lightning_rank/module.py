@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.registry import build_backbone
+from lightning_rank.checkpoint_policy import retune_resumed_optimizer
 from lightning_rank.cuda_graphs import PACKING_CONFLICT, TrainingGraphs, check_cuda_graphs
 from lightning_rank.excerpts import Excerpt
 from lightning_rank.finite_loss import FiniteLossGuard, LossOrigin
@@ -278,6 +279,7 @@ class RerankerModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # after any checkpoint is restored: a resumed fit records the settings it now trains with
         self.input_format = self._data_input_format() or self.input_format
+        retune_resumed_optimizer(self)
         states, self._stream_states = getattr(self, "_stream_states", []), []
         loaders = self.trainer.train_dataloader
         loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]

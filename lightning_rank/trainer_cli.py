@@ -14,11 +14,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
-from lightning_rank.callbacks import RankProgressBar, StopOnSigterm, TokensPerSecond, TrecRunWriter
+from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
+from lightning_rank.callbacks.sigterm import StopOnSignal
+from lightning_rank.checkpoint_policy import is_url, read_checkpoint, settle_model_settings
 from lightning_rank.cuda_graphs import PACKING_CONFLICT, CudaGraphError, check_cuda_graphs
 from lightning_rank.datamodules import RerankDataModule
+from lightning_rank.folder_lock import lock_checkpoint_folder
 from lightning_rank.metrics import check_replaceable, write_metrics_file
 from lightning_rank.module import NonFiniteLossError, RerankerModule
 from lightning_rank.preflight import ConfigError
@@ -59,6 +62,7 @@ class LightningRankCLI(LightningCLI):
     and after ``fit`` so the effect of training is visible in one command."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
+        self._argv = list(args or [])
         super().__init__(
             RerankerModule,
             RerankDataModule,
@@ -109,6 +113,61 @@ class LightningRankCLI(LightningCLI):
         if self.subcommand == "predict" and output:
             check_replaceable(output, "run", option="--run_writer.output")
 
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        """Every subcommand reads checkpoints with ``weights_only=True`` (no pickled code), from files and
+        URLs alike (Lightning's default for a URL is False); ``--weights_only false`` is the user's own
+        choice for a checkpoint they trust."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.set_defaults(weights_only=True)
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        """Read ``--ckpt_path`` (a file, a URL, or ``last`` in our checkpoint folder) safely and build the
+        model with its settings, except those the user gave: sound ones win with a warning naming each
+        difference, unsound ones are refused (:func:`settle_model_settings`). Lightning's own version
+        silently replaced every ``--model.*`` the user gave by the checkpoint's."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        shown = config.get("ckpt_path")
+        path = self._our_last_checkpoint(config) if shown == "last" else shown
+        if not path or path in ("best", "last", "hpc") or str(path).startswith("registry:"):
+            return
+        if not is_url(path) and os.path.isdir(path):
+            return  # a sharded checkpoint (FSDP): its strategy reads it
+        checkpoint = read_checkpoint(str(path), weights_only=config.get("weights_only") is not False)
+        saved = checkpoint.get("hyper_parameters") or {}
+        if not saved:
+            return
+        explicit = self.parser.parse_args(self._argv, defaults=False)[subcommand].get("model")
+        given = explicit.as_dict() if explicit is not None else {}
+        settings, notes = settle_model_settings(saved, given, subcommand, shown=str(shown))
+        if notes:
+            rank_zero_warn(
+                f"--ckpt_path {shown}: your model settings differ from the checkpoint's: {'; '.join(notes)}"
+            )
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": settings}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"error: --ckpt_path {shown}: its model settings do not parse (see above)\n")
+            raise
+
+    @staticmethod
+    def _our_last_checkpoint(config: Any) -> str | None:
+        """``last.ckpt`` in the folder of our default checkpoint callback, if it is in use and has one
+        (another ModelCheckpoint's ``last`` is found by Lightning, after the model is built)."""
+        trainer = config.get("trainer") or {}
+        chosen = trainer.get("callbacks") or []
+        if trainer.get("enable_checkpointing") is False or any(
+            "ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in chosen
+        ):
+            return None
+        last = os.path.join(str(trainer.get("default_root_dir") or os.getcwd()), "checkpoints", "last.ckpt")
+        return last if os.path.isfile(last) else None
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """LightningCLI's trainer, plus a rich progress bar, a resumable checkpoint callback and a stop at the
         next batch on SIGTERM, unless the user disabled or chose their own."""
@@ -118,8 +177,8 @@ class LightningRankCLI(LightningCLI):
         wants_bar = trainer_config.get("enable_progress_bar", True) is not False
         if wants_bar and not any(isinstance(c, ProgressBar) for c in chosen):
             extra.append(RankProgressBar(leave=True))
-        if not any(isinstance(c, StopOnSigterm) for c in chosen):
-            extra.append(StopOnSigterm())
+        if not any(isinstance(c, StopOnSignal) for c in chosen):
+            extra.append(StopOnSignal())
         wants_checkpoints = trainer_config.get("enable_checkpointing", True) is not False
         if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in chosen):
             extra.append(self._default_checkpoint(trainer_config))
@@ -144,9 +203,48 @@ class LightningRankCLI(LightningCLI):
         if isinstance(self.datamodule, RerankDataModule):
             self.datamodule.check_packing(self.model.backbone)
 
-    before_validate = before_test = before_predict = _check_packing
+    def _check_ckpt_path_last(self) -> None:
+        """``--ckpt_path last`` with no checkpoint: validate/test/predict refuse (Lightning would score an
+        untrained model); fit says it on one line and starts from scratch. A warning, not a refusal, for fit:
+        preemptible jobs are started with ``--ckpt_path last`` from their first run on, as Lightning means
+        it to be set and forgotten."""
+        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+            return
+        callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        if any(c._find_last_checkpoints(self.trainer) for c in callbacks):
+            return
+        folders = sorted({str(c.dirpath) for c in callbacks if c.dirpath}) or ["(checkpointing is off)"]
+        where = ", ".join(folders)
+        if self.subcommand != "fit":
+            raise ConfigError(
+                f"--ckpt_path last: no checkpoint under {where} (looked for last*.ckpt), so there is no "
+                f"trained model to {self.subcommand}: train one with `lightning-rank fit` and the same "
+                "--trainer.default_root_dir, or pass --ckpt_path FILE"
+            )
+        if rank_zero_only.rank == 0:
+            print(
+                f"warning: --ckpt_path last: no checkpoint under {where}: starting from scratch",
+                file=sys.stderr,
+            )
+        self.config_init[self.subcommand]["ckpt_path"] = None  # Lightning's own longer warning is moot
+
+    def _before_evaluation(self) -> None:
+        self._check_ckpt_path_last()
+        self._check_packing()
+
+    before_validate = before_test = before_predict = _before_evaluation
+
+    def _lock_checkpoint_folders(self) -> None:
+        """One fit per checkpoint folder (``folder_lock``), taken by rank 0 before anything runs."""
+        if rank_zero_only.rank != 0:
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                lock_checkpoint_folder(callback.dirpath)
 
     def before_fit(self) -> None:
+        self._lock_checkpoint_folders()
+        self._check_ckpt_path_last()
         check_loss_fits_data(self.model, self.datamodule)  # before any data is read
         self._check_packing()
         if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved

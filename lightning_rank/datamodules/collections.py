@@ -7,6 +7,9 @@ A BEIR folder ``F`` registered as ``NAME`` gives ``NAME`` (docs + queries) and `
 ``F/qrels/<split>.tsv`` (docs, that split's queries, qrels, scoreddocs when ``F/runs/<split>.trec`` exists,
 e.g. written by ``lightning-rank bm25``, and docpairs when ``F/docpairs/<split>.tsv`` holds
 ``query_id<TAB>positive_doc_id<TAB>negative_doc_id`` lines).
+
+Local files are read by our own parsers (``lightning_rank.data_files``), never by ir_datasets': each file is
+checked once, mistakes are named with file and line, and duplicates keep their first copy everywhere.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import contextlib
 import difflib
 import functools
 import hashlib
-import json
 import os
 import urllib.error
 from collections.abc import Iterator
@@ -25,21 +27,26 @@ from pathlib import Path
 import ir_datasets
 import requests
 from ir_datasets.datasets.base import Dataset, FilteredQueries
-from ir_datasets.datasets.beir import BeirDocs, BeirQrels, BeirQueries, BeirTitleDoc
+from ir_datasets.datasets.beir import BeirTitleDoc
 from ir_datasets.formats import (
+    BaseDocPairs,
+    BaseDocs,
+    BaseQrels,
+    BaseQueries,
+    BaseScoredDocs,
     GenericDoc,
+    GenericDocPair,
     GenericQuery,
-    TrecQrels,
-    TrecScoredDocs,
-    TsvDocPairs,
-    TsvDocs,
-    TsvQueries,
+    GenericScoredDoc,
+    TrecQrel,
 )
 from ir_datasets.indices import DEFAULT_DOCSTORE_OPTIONS, PickleLz4FullStore
-from ir_datasets.util import LocalDownload
 
+from lightning_rank.data_files import DataError, DataFileError, check, not_utf8, records
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
 from lightning_rank.preflight import ConfigError, InputError
+
+__all__ = ["DataError", "DataFileError"]  # defined with the readers, raised from here too
 
 DEMO_ID = "lightning-rank/demo"
 _REQUIRED = ("corpus.jsonl", "queries.jsonl")
@@ -47,14 +54,6 @@ _REQUIRED = ("corpus.jsonl", "queries.jsonl")
 
 class DatasetDownloadError(InputError, RuntimeError):
     """An ir_datasets id whose files are not on this machine and could not be downloaded."""
-
-
-class DataError(InputError, ValueError):
-    """Data that cannot be used as given (an empty corpus, nothing to train on or to rerank)."""
-
-
-class DataFileError(DataError):
-    """A local data file that cannot be read as given; the message names the file and, if it can, the line."""
 
 
 class DataFileNotFoundError(InputError, FileNotFoundError):
@@ -72,7 +71,7 @@ def reading(dataset_id: str, *files: str | os.PathLike | None) -> Iterator[None]
             for path in [*local_files(dataset_id), *(Path(f) for f in files if f)]:
                 where = first_invalid_utf8(path)
                 if where is not None:
-                    raise _not_utf8(path, *where) from err
+                    raise not_utf8(path, *where) from err
             raise
 
 
@@ -92,23 +91,6 @@ def first_invalid_utf8(path: str | os.PathLike) -> tuple[int, int, bytes] | None
                 return number, offset + err.start, line[err.start : err.start + 1]
             offset += len(line)
     return None
-
-
-def _not_utf8(path: str | os.PathLike, line: int, offset: int, byte: bytes) -> DataFileError:
-    return DataFileError(
-        f"{path}:{line}: not valid UTF-8 (byte 0x{byte.hex()} at byte offset {offset}). Local collection "
-        "and run files are read as UTF-8: re-encode the file, e.g. `iconv -f latin1 -t utf-8 OLD > NEW` if "
-        "it is Latin-1, or fix that line."
-    )
-
-
-def _first_line(path: Path) -> str:
-    with path.open("rb") as f:
-        raw = f.readline()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_utf8(path, 1, err.start, raw[err.start : err.start + 1]) from None
 
 
 def _require_records(path: Path, what: str, name: str) -> None:
@@ -178,10 +160,39 @@ class LocalFiles:
 def register_local(name: str, source: str | os.PathLike | LocalFiles | dict) -> list[str]:
     """Register a BEIR folder (a path) or :class:`LocalFiles` (or its dict) under ``name``."""
     if isinstance(source, dict):
-        source = LocalFiles(**source)
+        source = _local_files(name, source)
     if isinstance(source, LocalFiles):
         return register_files(name, source)
+    if not isinstance(source, str | os.PathLike):
+        raise ConfigError(
+            f"local collection {name!r}: {source!r} is neither the path of a BEIR-format folder nor files "
+            "({docs: FILE, queries: FILE, qrels: {SPLIT: FILE}, runs: {SPLIT: FILE}}); give one of those"
+        )
     return register_beir_folder(name, source)
+
+
+def _local_files(name: str, source: dict) -> LocalFiles:
+    """:class:`LocalFiles` from a config's dict, or an error naming each key or value that does not fit."""
+    keys = list(LocalFiles.__dataclass_fields__)
+    unknown = [k for k in source if k not in keys]
+    if unknown:
+        close = {k: difflib.get_close_matches(str(k), keys, n=1) for k in unknown}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        raise ConfigError(f"local collection {name!r}: unknown key {said}; the keys are {', '.join(keys)}")
+    for key in ("docs", "queries"):
+        if not isinstance(source.get(key), str):
+            raise ConfigError(
+                f"local collection {name!r}: {key} must be the path of a .tsv or .jsonl file, got "
+                f"{source.get(key)!r}"
+            )
+    for key in ("qrels", "runs", "docpairs"):
+        value = source.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(
+                f"local collection {name!r}: {key} must map each split to a file ({key}: {{test: FILE}}), "
+                f"got {value!r}"
+            )
+    return LocalFiles(**source)
 
 
 def register_beir_folder(name: str, folder: str | os.PathLike) -> list[str]:
@@ -209,9 +220,12 @@ def register_files(name: str, files: LocalFiles) -> list[str]:
 
     Re-registering the same files under the same name is a no-op; other files under a taken name are an
     error (ids must mean one thing within a process). Docstores are built in ir_datasets' home, never
-    beside the user's files (which may be read-only).
+    beside the user's files (which may be read-only). Files are checked when they are first read.
     """
     docs_path, queries_path = _existing(files.docs, "docs"), _existing(files.queries, "queries")
+    for path, what in ((docs_path, "documents"), (queries_path, "queries")):
+        if path.suffix not in (".jsonl", ".tsv"):
+            raise DataFileError(f"{path}: {what} must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
     _require_records(docs_path, "documents", name)
     _require_records(queries_path, "queries", name)
     marker = f"lightning-rank:{files!r}"
@@ -221,20 +235,20 @@ def register_files(name: str, files: LocalFiles) -> list[str]:
             return _ids_of(name)
         raise ConfigError(f"dataset id {name!r} is already registered (by ir_datasets or other files)")
     namespace = f"lightning-rank-local/{name}-{_fingerprint(docs_path)}"
-    docs = _docs_handler(docs_path, namespace)
-    queries = _queries_handler(queries_path, namespace)
+    docs = LocalDocs(docs_path, namespace)
+    queries = LocalQueries(queries_path, namespace)
     _register(name, Dataset(docs, queries), marker, [docs_path, queries_path])
     for split, qrels_file in sorted(files.qrels.items()):
         qrels_path = _existing(qrels_file, f"qrels[{split}]")
-        qrels = _qrels_handler(qrels_path)
+        qrels = LocalQrels(qrels_path)
         parts = [docs, FilteredQueries(queries, functools.partial(_qids_of, qrels), mode="include"), qrels]
         split_files = [docs_path, queries_path, qrels_path]
         if split in files.runs:
             split_files.append(_existing(files.runs[split], f"runs[{split}]"))
-            parts.append(TrecScoredDocs(LocalDownload(split_files[-1])))
+            parts.append(LocalRun(split_files[-1]))
         if split in files.docpairs:
             split_files.append(_existing(files.docpairs[split], f"docpairs[{split}]"))
-            parts.append(TsvDocPairs(LocalDownload(split_files[-1])))
+            parts.append(LocalDocPairs(split_files[-1]))
         _register(f"{name}/{split}", Dataset(*parts), marker, split_files)
     return _ids_of(name)
 
@@ -244,56 +258,108 @@ _EXTRAS = {"runs": "trec", "docpairs": "tsv"}
 
 def _existing(path: str | os.PathLike, what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
+    if resolved.is_dir():
+        raise DataFileNotFoundError(f"local collection {what}: {resolved} is a folder; name a file")
     if not resolved.is_file():
         raise DataFileNotFoundError(f"local collection {what}: {resolved} does not exist")
     return resolved
 
 
-class _CachedTsvDocs(TsvDocs):
-    """TsvDocs whose docstore lives in ir_datasets' home rather than beside the (maybe read-only) file."""
+class LocalDocs(BaseDocs):
+    """Documents of a local .jsonl or .tsv file, read by our checked reader (first copy of a duplicate id
+    kept); the docstore lives in ir_datasets' home rather than beside the (maybe read-only) file."""
 
     def __init__(self, path: Path, namespace: str) -> None:
-        super().__init__(LocalDownload(path), namespace=namespace)
+        super().__init__()
+        self._path, self._namespace = path, namespace
         self._store_path = Path(ir_datasets.util.home_path()) / namespace / "docs.pklz4"
+
+    def docs_iter(self):
+        return iter(self.docs_store())
+
+    def docs_cls(self) -> type:
+        return BeirTitleDoc if check(self._path, "documents").titles else GenericDoc
 
     def docs_store(self, field: str = "doc_id", options=DEFAULT_DOCSTORE_OPTIONS) -> PickleLz4FullStore:
         return PickleLz4FullStore(
             path=str(self._store_path),
-            init_iter_fn=self.docs_iter,
-            data_cls=self.docs_cls(),
+            init_iter_fn=self._docs,
+            data_cls=self.docs_cls(),  # checks the file before the store is built
             lookup_field=field,
             index_fields=["doc_id"],
             options=options,
         )
 
+    def _docs(self) -> Iterator[GenericDoc | BeirTitleDoc]:
+        titles = self.docs_cls() is BeirTitleDoc
+        for doc_id, text, title in records(self._path, "documents"):
+            yield BeirTitleDoc(doc_id, text, title or "") if titles else GenericDoc(doc_id, text)
 
-def _docs_handler(path: Path, namespace: str):
-    if path.suffix == ".jsonl":
-        return BeirDocs(namespace, LocalDownload(path), BeirTitleDoc if _has_title(path) else GenericDoc)
-    if path.suffix == ".tsv":
-        return _CachedTsvDocs(path, namespace)
-    raise DataFileError(f"{path}: documents must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
+    def docs_count(self) -> int | None:
+        store = self.docs_store()
+        return store.count() if store.built() else None
 
-
-def _queries_handler(path: Path, namespace: str):
-    if path.suffix == ".jsonl":
-        return BeirQueries(namespace, LocalDownload(path), GenericQuery)
-    if path.suffix == ".tsv":
-        return TsvQueries(LocalDownload(path), namespace=namespace)
-    raise DataFileError(f"{path}: queries must be .jsonl (BEIR fields) or .tsv (id<TAB>text)")
+    def docs_namespace(self) -> str:
+        return self._namespace
 
 
-def _qrels_handler(path: Path):
-    first = _first_line(path).split()
-    if not first:
-        raise DataFileError(f"{path}:1: the qrels file is empty or starts with a blank line")
-    if first[:1] == ["query-id"]:
-        return BeirQrels(LocalDownload(path), qrels_defs={})
-    if len(first) == 3:
-        return TrecQrels(LocalDownload(path), qrels_defs={}, format_3col=True)
-    if len(first) == 4:
-        return TrecQrels(LocalDownload(path), qrels_defs={})
-    raise DataFileError(f"{path}:1: qrels lines need 3 (qid docid rel) or 4 (qid 0 docid rel) columns")
+class LocalQueries(BaseQueries):
+    """Queries of a local .jsonl or .tsv file (first copy of a duplicate id kept)."""
+
+    def __init__(self, path: Path, namespace: str) -> None:
+        super().__init__()
+        self._path, self._namespace = path, namespace
+
+    def queries_iter(self) -> Iterator[GenericQuery]:
+        return (GenericQuery(*record) for record in records(self._path, "queries"))
+
+    def queries_namespace(self) -> str:
+        return self._namespace
+
+
+class LocalQrels(BaseQrels):
+    """Qrels of a local file: TREC, 3 columns or BEIR TSV with its header (first copy of a duplicate kept)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def qrels_iter(self) -> Iterator[TrecQrel]:
+        return (TrecQrel(*record) for record in records(self._path, "qrels"))
+
+    def qrels_path(self) -> str:
+        return str(self._path)
+
+    def qrels_cls(self) -> type:
+        return TrecQrel
+
+    def qrels_defs(self) -> dict:
+        return {}
+
+
+class LocalRun(BaseScoredDocs):
+    """A local TREC run file (``qid Q0 docid rank score [tag]``), checked; entries as the file lists them."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._path = Path(path)
+
+    def scoreddocs_iter(self) -> Iterator[GenericScoredDoc]:
+        return (GenericScoredDoc(*record) for record in records(self._path, "run"))
+
+    def scoreddocs_path(self) -> str:
+        return str(self._path)
+
+
+class LocalDocPairs(BaseDocPairs):
+    """Local docpairs, ``qid<TAB>positive<TAB>negative`` lines, checked."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def docpairs_iter(self) -> Iterator[GenericDocPair]:
+        return (GenericDocPair(*record) for record in records(self._path, "docpairs"))
+
+    def docpairs_path(self) -> str:
+        return str(self._path)
 
 
 def register_demo(spec: DemoSpec | None = None) -> list[str]:
@@ -339,20 +405,10 @@ def _ids_of(name: str) -> list[str]:
     return [i for i in _registered() if i == name or i.startswith(name + "/")]
 
 
-def _qids_of(qrels: BeirQrels) -> set[str]:
+def _qids_of(qrels: LocalQrels) -> set[str]:
     return {q.query_id for q in qrels.qrels_iter()}
 
 
 def _fingerprint(path: Path) -> str:
     stat = path.stat()
     return hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-
-
-def _has_title(path: Path) -> bool:
-    first = _first_line(path)
-    try:
-        return "title" in json.loads(first)
-    except json.JSONDecodeError as err:
-        raise DataFileError(
-            f"{path}:1 is not valid JSON ({err.msg}); each line must be one JSON object"
-        ) from err

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from ir_datasets.formats import TrecScoredDocs
-from ir_datasets.util import LocalDownload
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -26,6 +24,7 @@ from lightning_rank.datamodules.collections import (
     DataError,
     DataFileNotFoundError,
     LocalFiles,
+    LocalRun,
     load_dataset,
     reading,
     register_local,
@@ -375,7 +374,7 @@ def _run_file(run_file: str, option: str) -> Path:
 
 def _scoreddocs(dataset: Any, dataset_id: str, run_file: str | None, option: str) -> Iterator[Any]:
     if run_file is not None:
-        return TrecScoredDocs(LocalDownload(_run_file(run_file, option))).scoreddocs_iter()
+        return LocalRun(_run_file(run_file, option)).scoreddocs_iter()
     if not dataset.has_scoreddocs():
         raise ConfigError(
             f"{dataset_id} has no first-stage run: set data.{option} to a TREC run file "
