@@ -31,8 +31,8 @@ from lightning_rank.input_format import InputFormat
 from lightning_rank.lora import LoraSettings, add_lora
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import DEFAULT_MEASURES, RankingMetrics, parse_measures
-
 from lightning_rank.options import check_at_least, check_sizes
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; raised before any checkpoint holds the damage."""
@@ -90,8 +90,8 @@ class RerankerModule(pl.LightningModule):
             cuda_graph_limit: most graphs kept; shapes beyond run eagerly, with a warning.
         """
         super().__init__()
-        if isinstance(lora, dict):  # as stored in a checkpoint's hyper-parameters
         _check_ranges(lr=lr, warmup=warmup, weight_decay=weight_decay, cuda_graph_limit=cuda_graph_limit)
+        if isinstance(lora, dict):  # as stored in a checkpoint's hyper-parameters
             lora = LoraSettings(**lora)
         self.save_hyperparameters(ignore=["loss", "optimizer"])
         if lora is not None:
@@ -443,14 +443,14 @@ class RerankerModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _unwrapped_name(name: str) -> str:
-    """A parameter's name as in the unwrapped model (FSDP1 and activation checkpointing insert segments)."""
 def _check_ranges(lr: float, warmup: float, weight_decay: float, cuda_graph_limit: int) -> None:
     """Negative rates and a graph limit below 1 fail at configuration, before the backbone is built."""
     check_sizes("model.", minimum=0, lr=lr, warmup=warmup, weight_decay=weight_decay)
     check_at_least("model.cuda_graph_limit", cuda_graph_limit, 1)
 
 
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name as in the unwrapped model (FSDP1 and activation checkpointing insert segments)."""
     for segment in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
         name = name.replace(segment, "")
     return name
