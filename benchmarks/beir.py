@@ -71,15 +71,33 @@ def logged_weight(log: Path) -> float:
 
 
 def qrels_of(path: Path) -> dict[str, dict[str, int]]:
-    """A BEIR qrels file (``query-id corpus-id score`` with a header) as ``{qid: {docid: grade}}``."""
+    """A qrels file as lightning-rank reads it (BEIR's ``query-id corpus-id score`` with its header, 3-column
+    TSV or TREC's ``qid 0 docid rel``) as ``{qid: {docid: grade}}``."""
     qrels: dict[str, dict[str, int]] = {}
     with path.open(encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            if line.strip():
-                qid, did, rel = line.split()
-                qrels.setdefault(qid, {})[did] = int(rel)
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields or fields[0] == "query-id":
+                continue
+            if len(fields) not in (3, 4) or not fields[-1].lstrip("-").isdigit():
+                sys.exit(f"{path}:{number}: expected 'query-id corpus-id score' (whole-number score)")
+            qid, did, rel = fields if len(fields) == 3 else (fields[0], *fields[2:4])
+            qrels.setdefault(qid, {})[did] = int(rel)
     return qrels
+
+
+def collection_name(folder: Path, name: str | None) -> str:
+    """``--name``, or ``local/<folder name>``: a folder called like an ir_datasets id (``nfcorpus``) would
+    otherwise clash with it. An id ir_datasets already has is refused."""
+    import ir_datasets
+
+    chosen = name or f"local/{folder.name}"
+    if chosen in ir_datasets.registry:
+        sys.exit(
+            f"--name {chosen}: ir_datasets already has a dataset with this id; pass another --name (the "
+            "folder is registered under it)"
+        )
+    return chosen
 
 
 def write_qrels(qrels: dict[str, dict[str, int]], path: Path) -> Path:
@@ -133,8 +151,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", required=True, type=Path, help="BEIR-format folder")
-    parser.add_argument("--name", help="dataset name to register (default: the folder's name)")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/beir/<name>)")
+    parser.add_argument("--name", help="dataset id to register the folder as (default: local/<folder name>)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: runs/beir/<--name, else the folder name>)"
+    )
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--dev-split", default="dev", help="tuning queries, where the folder has them")
@@ -164,8 +184,8 @@ def main() -> None:
     if args.teacher == "bm25" and args.teacher_model:
         parser.error("--teacher-model is the bi-encoder of --teacher bm25+dense; pass that too, or drop it")
     folder = args.data.expanduser().resolve()
-    name = args.name or folder.name
-    out = (args.out or REPO / "runs" / "beir" / name).resolve()
+    name = collection_name(folder, args.name)
+    out = (args.out or REPO / "runs" / "beir" / (args.name or folder.name)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = [o for o in args.overrides if o != "--"]
     files, tuning = collection_files(folder, out, args)

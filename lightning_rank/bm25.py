@@ -15,12 +15,14 @@ import bm25s
 import Stemmer
 
 from lightning_rank.datamodules.collections import (
+    DataError,
     LocalFiles,
     load_dataset,
     register_local,
     require_dataset,
 )
 from lightning_rank.metrics import check_replaceable
+from lightning_rank.options import check_at_least, check_between
 from lightning_rank.run_report import write_and_report
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,9 @@ def bm25_run(
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Retrieve the top ``depth`` documents of ``dataset``'s corpus for each of its queries; with
     ``judged``, also score each query's judged documents outside them (empty otherwise): ``(top, below)``.
-    ``qrels``: the dataset's, where the caller has read them already."""
+    ``qrels``: the dataset's, where the caller has read them already. A query that shares no term with the
+    corpus (stopwords or punctuation only, empty) scores every document 0: its top ranking is empty, its
+    judged documents score 0, and one warning counts such queries."""
     ds = load_dataset(dataset)
     doc_ids, texts = [], []
     for doc in ds.docs_iter():
@@ -51,32 +55,55 @@ def bm25_run(
         raise ValueError(f"{dataset}: no queries; use a split id (e.g. NAME/test) that has queries")
     stem = Stemmer.Stemmer(stemmer) if stemmer else None
 
-    def tokenize(batch: list[str]):
-        return bm25s.tokenize(batch, stopwords=stopwords, stemmer=stem, show_progress=False)
+    def tokenize(batch: list[str], return_ids: bool = True):
+        return bm25s.tokenize(
+            batch, stopwords=stopwords, stemmer=stem, show_progress=False, return_ids=return_ids
+        )
 
+    corpus_tokens = tokenize(texts)
+    if not corpus_tokens.vocab:
+        raise DataError(
+            f"{dataset}: no document has an indexable term (every text is empty, stopwords or punctuation); "
+            "check the collection's corpus file"
+        )
     retriever = bm25s.BM25(k1=k1, b=b)
-    retriever.index(tokenize(texts), show_progress=False)
+    retriever.index(corpus_tokens, show_progress=False)
     qids = list(queries)
-    tokens = tokenize([queries[q] for q in qids])
     k = min(depth, len(doc_ids))
-    hits, scores = retriever.retrieve(tokens, k=k, show_progress=False)
+    hits, scores = retriever.retrieve(tokenize([queries[q] for q in qids]), k=k, show_progress=False)
     run: dict[str, dict[str, float]] = {}
     for qid, row, row_scores in zip(qids, hits, scores, strict=True):
         run[qid] = {doc_ids[i]: float(s) for i, s in zip(row, row_scores, strict=True) if s > 0}
+    words = dict(zip(qids, tokenize([queries[q] for q in qids], return_ids=False), strict=True))
+    _report_unmatched(dataset, queries, words, run)
     below: dict[str, dict[str, float]] = {}
     if judged and ds.has_qrels():
         position = {d: i for i, d in enumerate(doc_ids)}
         qrels = ds.qrels_dict() if qrels is None else qrels
-        words = bm25s.tokenize(
-            [queries[q] for q in qids], stopwords=stopwords, stemmer=stem, show_progress=False,
-            return_ids=False,
-        )  # fmt: skip
-        for qid, query_words in zip(qids, words, strict=True):
+        for qid in qids:
             missing = [d for d in qrels.get(qid, {}) if d in position and d not in run[qid]]
             if missing:
-                every_score = retriever.get_scores(query_words)
+                # get_scores fails on a query without terms; from ids, every document scores 0 there
+                every_score = retriever.get_scores_from_ids(retriever.get_tokens_ids(words[qid]))
                 below[qid] = {d: float(every_score[position[d]]) for d in missing}
     return run, below
+
+
+def _report_unmatched(
+    dataset: str, queries: dict[str, str], words: dict[str, list[str]], run: dict[str, dict[str, float]]
+) -> None:
+    """One warning counting the queries BM25 ranks nothing for, with examples, when there are any."""
+    termless = [q for q in queries if not words[q]]
+    unmatched = [q for q in queries if words[q] and not run[q]]
+    if not termless and not unmatched:
+        return
+    examples = ", ".join(f"{q} ({queries[q][:40]!r})" for q in (termless + unmatched)[:3])
+    log.warning(
+        f"{dataset}: {len(termless)} of {len(queries)} queries have no indexable term (empty, or only "
+        f"stopwords, punctuation and one-letter words) and {len(unmatched)} share no term with the corpus, "
+        f"e.g. {examples}. BM25 scores every document 0 for them: their ranking is empty (with --judged, "
+        "their judged documents are written with score 0)."
+    )
 
 
 def bm25(
@@ -108,6 +135,9 @@ def bm25(
             (a train run for ``pair+score`` templates or distillation: every positive scored). The printed
             metrics are of the top ``depth`` alone.
     """
+    check_at_least("--depth", depth, 1)
+    check_at_least("--k1", k1, 0)
+    check_between("--b", b, 0, 1)
     for name, folder in (local_collections or {}).items():
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
