@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from lightning_rank.datamodules.collections import load_dataset
+from lightning_rank.datamodules.collections import DataError, load_dataset
 
 
 class DocumentLookup:
@@ -43,19 +43,19 @@ def run_texts(
     dataset: str, run: Mapping[str, Mapping[str, float]], source: str
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The query texts and document texts a run over ``dataset`` lists: ``(queries, documents)``. A run with
-    queries or documents the dataset lacks (a run made for another dataset) is refused, naming examples and
-    the run's file (``source``)."""
+    queries or documents the dataset lacks (a run made for another dataset) is refused (:class:`DataError`),
+    naming examples and the run's file (``source``)."""
     queries = {q.query_id: q.default_text() for q in load_dataset(dataset).queries_iter()}
     missing_queries = sorted(q for q in run if q not in queries)
     if len(missing_queries) == len(run):
-        raise ValueError(
+        raise DataError(
             f"{source}: none of the run's queries is a query of {dataset}; pass the run of that dataset"
         )
     listed = {d for docs in run.values() for d in docs}
     texts = DocumentLookup(dataset).texts(listed)
     missing_docs = sorted(listed - texts.keys())
     if missing_queries or missing_docs:
-        raise ValueError(
+        raise DataError(
             f"{source}: the run is not a run over {dataset}: {len(missing_queries)} of its queries and "
             f"{len(missing_docs)} of its documents are not in the dataset (e.g. "
             f"{(missing_queries or missing_docs)[:3]}); pass the dataset the run was made for"
