@@ -64,6 +64,9 @@ class StopOnSignal(Callback):
         signal.signal(signal.SIGINT, self._on_sigint)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
+    def _restore_sigint(self) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
@@ -96,10 +99,14 @@ class StopOnSignal(Callback):
     ) -> None:
         """Lightning's own SIGTERM stop in fit (the signal came after our last check): between two steps of
         one process save there too; else keep what is on disk. A note on the exception says which (the CLI
-        prints it); a second Ctrl-C's says what is kept."""
-        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == TrainerFn.FITTING:
-            exception.add_note(f"aborted by Ctrl-C at step {trainer.global_step}: {_kept(trainer)}")
+        prints it); a second Ctrl-C's says what is kept. Teardown hooks do not run after an exception: the
+        Ctrl-C handler is put back here (after a KeyboardInterrupt, Lightning ignores Ctrl-C to shut down)."""
+        if isinstance(exception, KeyboardInterrupt):
+            self._previous_handler = None
+            if trainer.state.fn == TrainerFn.FITTING:
+                exception.add_note(f"aborted by Ctrl-C at step {trainer.global_step}: {_kept(trainer)}")
             return
+        self._restore_sigint()
         if not isinstance(exception, SIGTERMException) or isinstance(exception, StoppedBySignal):
             return
         if trainer.state.fn != TrainerFn.FITTING:
