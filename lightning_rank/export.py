@@ -76,7 +76,10 @@ def check_export_target(folder: str | os.PathLike, overwrite: bool = False) -> P
             f"--output {folder} is an existing file, not a folder; an export is a folder. The file was left "
             "as it is: pass a new or empty folder"
         )
-    names = sorted(p.name for p in folder.iterdir())
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError as err:
+        raise OutputError(f"--output {folder} cannot be read ({err.strerror}); pass another folder") from None
     if not names:
         return folder
     if not is_export(folder):

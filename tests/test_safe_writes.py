@@ -151,10 +151,15 @@ def test_a_metrics_file_replaces_only_metrics(tmp_path):
         assert path.read_text() == content
 
 
-def test_run_commands_refuse_a_file_that_is_not_a_run_and_a_folder(tmp_path, capsys):
+def test_run_commands_refuse_a_file_that_is_not_a_run_and_a_folder(tmp_path, capsys, monkeypatch):
     code = tmp_path / "some.py"
     code.write_text("import os\n")
     missing = str(tmp_path / "no-such.trec")  # the outputs are checked before the inputs are read
+
+    def retrieval_ran(*args, **kwargs):
+        raise AssertionError("BM25 ran before the output was checked")
+
+    monkeypatch.setattr("lightning_rank.bm25.bm25_run", retrieval_ran)
     commands = {
         "bm25": ["bm25", "--dataset", "lightning-rank/demo/dev"],
         "dense": ["dense", "--dataset", "lightning-rank/demo/dev", "--run", missing, "--model", missing],
