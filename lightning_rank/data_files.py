@@ -34,6 +34,7 @@ Kind = Literal["documents", "queries", "qrels", "run", "docpairs"]
 Record = tuple
 _BOM = b"\xef\xbb\xbf"
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_WHITESPACE = re.compile(r"\s")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BEIR_HEADER = ["query-id", "corpus-id", "score"]
 _MAX_GRADE = 2**31 - 1  # trec_eval keeps grades in a C int
@@ -127,7 +128,7 @@ def checked_id(path: Path, number: int, value: object, what: str) -> str:
     value = str(value)
     if not value.strip():
         raise DataFileError(f"{path}:{number}: empty {what} id; give every line a non-empty id")
-    if any(c.isspace() for c in value):
+    if _WHITESPACE.search(value):
         raise DataFileError(
             f"{path}:{number}: the {what} id {value!r} holds whitespace, which TREC qrels and run files "
             "cannot hold (they split columns on it); replace it (e.g. with '_') here and in the qrels and "
