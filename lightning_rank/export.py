@@ -19,6 +19,7 @@ and only when asked (``overwrite``); any other folder or file is refused before 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
+from lightning_rank.backbones.registry import is_import_path
 from lightning_rank.input_format import InputFormat
 from lightning_rank.lora import merged_copy
 from lightning_rank.metrics import OutputError
@@ -197,6 +199,8 @@ def load_reranker(
     if manifest["backbone_weights"] == "state_dict":
         args.pop("pretrained", None)
     args.update(overrides)
+    if not trust_remote_code:
+        _check_backbone_outside(manifest["backbone"], folder, manifest_path)
     module = RerankerModule(backbone=manifest["backbone"], backbone_args=args)
     if manifest["backbone_weights"] == "state_dict":
         module.backbone.load_state_dict(load_file(folder / "backbone" / "weights.safetensors"))
@@ -207,6 +211,26 @@ def load_reranker(
         except (TypeError, ValueError) as err:
             raise ValueError(f"{manifest_path}: input_format {manifest['input_format']!r}: {err}") from None
     return module.eval()
+
+
+def _check_backbone_outside(name: str, folder: Path, manifest_path: Path) -> None:
+    """A manifest's backbone import path must not name a module of the folder itself (importable when the
+    folder is on ``sys.path``, e.g. ``python -m`` run from it): that is the folder's own code."""
+    if not is_import_path(name):
+        return
+    top = name.partition(":")[0].split(".")[0] if ":" in name else name.split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return  # not importable: the registry reports it when the backbone is built
+    places = [spec.origin] if spec and spec.origin else []
+    places += list(spec.submodule_search_locations or []) if spec else []
+    if any(Path(p).resolve().is_relative_to(folder) for p in places):
+        raise UntrustedCodeError(
+            f"{manifest_path}: backbone {name!r} is Python code inside {folder} ({top}); it runs only when "
+            "you ask for it: read it, then pass --trust_remote_code true to `lightning-rank rerank` "
+            "(trust_remote_code=True to RerankerModule.from_pretrained)"
+        )
 
 
 def _untrusted_message(folder: Path, manifest_path: Path) -> str:

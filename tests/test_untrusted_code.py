@@ -136,3 +136,22 @@ def test_dense_does_not_import_a_module_class_a_model_folder_names(tmp_path, dem
     stderr = capsys.readouterr().err
     assert status == 2 and "trust_remote_code" in stderr, stderr
     assert not marker.exists() and not output.exists()
+
+
+def test_a_manifest_backbone_that_is_the_folders_own_module_is_not_imported(tmp_path, marker, monkeypatch):
+    """``python -m`` run from an export folder puts it on ``sys.path``: a manifest naming a module there as
+    its backbone class would import the folder's own code."""
+    folder = tmp_path / "export"
+    RerankerModule(
+        backbone="bert", backbone_args={"tokenizer": "builtin:words", "config": TINY}
+    ).save_pretrained(folder)
+    (folder / "shipped_backbone.py").write_text(SIDE_EFFECT + "\nfrom lightning_rank.backbones.hf import *\n")
+    manifest = json.loads((folder / "reranker.json").read_text())
+    manifest["backbone"] = "shipped_backbone:BertBackbone"
+    (folder / "reranker.json").write_text(json.dumps(manifest))
+    monkeypatch.syspath_prepend(str(folder))
+    with pytest.raises(
+        UntrustedCodeError, match=r"backbone 'shipped_backbone:BertBackbone' is Python code inside"
+    ):
+        RerankerModule.from_pretrained(folder)
+    assert not marker.exists()
