@@ -122,19 +122,8 @@ class PairTemplate:
         for encoding in query_encodings.values():  # once per unique query, not once per pair
             encoding.truncate(max_query_length)
         if self.is_pair:
-            if backend.post_processor is None:
-                raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
-            if scores is None:
-                firsts = [query_encodings[q] for q in queries]
-            else:  # segment A is "query [SEP] score"
-                shown = [f"{tokenizer.sep_token or ''} {s}" for s in scores]
-                shown_encodings = _encode_unique(backend, shown)
-                firsts = [
-                    Encoding.merge([query_encodings[q], shown_encodings[s]], True)
-                    for q, s in zip(queries, shown, strict=True)
-                ]
-            specials = backend.num_special_tokens_to_add(True)
-            budgets = [max(max_length - len(first.ids) - specials, 0) for first in firsts]
+            firsts = self._first_segments(tokenizer, backend, query_encodings, queries, scores)
+            budgets = [max(b, 0) for b in self._pair_budgets(backend, firsts, max_length)]
             documents = _excerpts(backend, excerpt, queries, documents, budgets, max_length)
             doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
             return [
@@ -143,21 +132,79 @@ class PairTemplate:
             ]
         literals = self._literal_ids(tokenizer)
         query_ids = {q: e.ids for q, e in query_encodings.items()}
-        if scores is None:
-            score_ids: list[list[int]] = [[]] * len(queries)
-        else:
-            score_encodings = _encode_unique(backend, scores)
-            score_ids = [score_encodings[s].ids for s in scores]
-        fixed = self._fixed_length(tokenizer, literals)
+        score_ids = _score_ids(backend, scores, len(queries))
         budgets = [
-            max(max_length - fixed - len(query_ids[q]) - len(ids), 0)
-            for q, ids in zip(queries, score_ids, strict=True)
+            max(b, 0)
+            for b in self._text_budgets(tokenizer, literals, query_ids, queries, score_ids, max_length)
         ]
         documents = _excerpts(backend, excerpt, queries, documents, budgets, max_length)
         doc_encodings = _encode_documents(backend, documents, max_length)  # one per pair
         return [
             self._encode_text(tokenizer, literals, query_ids[q], d.ids[:budget], ids)
             for q, d, ids, budget in zip(queries, doc_encodings, score_ids, budgets, strict=True)
+        ]
+
+    def document_budgets(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        queries: list[str],
+        max_length: int,
+        max_query_length: int,
+        scores: list[str] | None = None,
+    ) -> list[int]:
+        """The tokens of ``max_length`` left for each pair's document once the template, the query (up to
+        ``max_query_length``) and the score take theirs, as :meth:`encode` computes them; 0 or below: the
+        document is left out entirely."""
+        backend = _backend(tokenizer)
+        query_encodings = _encode_unique(backend, queries)
+        for encoding in query_encodings.values():
+            encoding.truncate(max_query_length)
+        if self.is_pair:
+            firsts = self._first_segments(tokenizer, backend, query_encodings, queries, scores)
+            return self._pair_budgets(backend, firsts, max_length)
+        query_ids = {q: e.ids for q, e in query_encodings.items()}
+        score_ids = _score_ids(backend, scores, len(queries))
+        literals = self._literal_ids(tokenizer)
+        return self._text_budgets(tokenizer, literals, query_ids, queries, score_ids, max_length)
+
+    def _first_segments(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        backend: Any,
+        query_encodings: dict[str, Encoding],
+        queries: list[str],
+        scores: list[str] | None,
+    ) -> list[Encoding]:
+        """Segment A of each pair of the ``pair`` styles: the query, or ``query [SEP] score``."""
+        if backend.post_processor is None:
+            raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
+        if scores is None:
+            return [query_encodings[q] for q in queries]
+        shown = [f"{tokenizer.sep_token or ''} {s}" for s in scores]
+        shown_encodings = _encode_unique(backend, shown)
+        return [
+            Encoding.merge([query_encodings[q], shown_encodings[s]], True)
+            for q, s in zip(queries, shown, strict=True)
+        ]
+
+    @staticmethod
+    def _pair_budgets(backend: Any, firsts: list[Encoding], max_length: int) -> list[int]:
+        specials = backend.num_special_tokens_to_add(True)
+        return [max_length - len(first.ids) - specials for first in firsts]
+
+    def _text_budgets(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        literals: list[list[int] | str],
+        query_ids: dict[str, list[int]],
+        queries: list[str],
+        score_ids: list[list[int]],
+        max_length: int,
+    ) -> list[int]:
+        fixed = self._fixed_length(tokenizer, literals)
+        return [
+            max_length - fixed - len(query_ids[q]) - len(ids)
+            for q, ids in zip(queries, score_ids, strict=True)
         ]
 
     def _encode_pair(self, backend: Any, query: Encoding, document: Encoding, budget: int) -> EncodedPair:
@@ -224,6 +271,14 @@ def _excerpts(
         budgets,
         lambda texts: [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)],
     )
+
+
+def _score_ids(backend: Any, scores: list[str] | None, n: int) -> list[list[int]]:
+    """Each pair's score tokens for text templates (none when the template shows no score)."""
+    if scores is None:
+        return [[]] * n
+    encodings = _encode_unique(backend, scores)
+    return [encodings[s].ids for s in scores]
 
 
 def _encode_unique(backend: Any, texts: list[str]) -> dict[str, Encoding]:

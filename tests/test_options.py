@@ -3,14 +3,20 @@ ConfigError naming the option, the value and the range (the CLI: ``error:`` and 
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 from conftest import REPO, cli
 
+from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.bm25 import bm25
 from lightning_rank.cli import main
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.module import RerankerModule
 from lightning_rank.preflight import ConfigError
+from lightning_rank.templates import PairTemplate
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 
@@ -94,3 +100,80 @@ def test_fit_with_an_option_out_of_range_exits_2_without_a_traceback(tmp_path, o
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert message in result.stderr
     assert not any(tmp_path.iterdir())  # refused before a folder or checkpoint was written
+
+
+# -- data.max_length too short for the template: no document token left -------------------------------------
+def budget_collection(root: Path) -> dict:
+    """TSV docs p0..p9; queries 0-2 are one word ("kavo"), 3-5 three words; a run of 4 per query."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "docs.tsv").write_text("".join(f"p{d}\tkavo passage {d}\n" for d in range(10)))
+    texts = ["kavo"] * 3 + [f"kavo question {q}" for q in range(3, 6)]
+    (root / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in enumerate(texts)))
+    (root / "qrels.txt").write_text("".join(f"{q} 0 p{q} 1\n" for q in range(6)))
+    (root / "run.trec").write_text("".join(f"{q} Q0 p{(q + k) % 10} {k + 1} {9 - k} bm25\n"
+                                           for q in range(6) for k in range(4)))  # fmt: skip
+    return {"docs": str(root / "docs.tsv"), "queries": str(root / "queries.tsv"),
+            "qrels": {"dev": str(root / "qrels.txt")}, "runs": {"dev": str(root / "run.trec")}}  # fmt: skip
+
+
+def budget_module(name: str, root: Path, **kwargs) -> RerankDataModule:
+    dm = RerankDataModule(
+        local_collections={name: budget_collection(root)}, val_dataset=f"{name}/dev", **kwargs
+    )
+    # the causal template "document: {document}; query: {query}" + EOS: 6 tokens of the word tokenizer
+    dm.use_backbone(SimpleNamespace(tokenizer=load_tokenizer("builtin:words"), template=PairTemplate()))
+    return dm
+
+
+def test_document_budgets_are_what_encode_leaves_the_document():
+    words = load_tokenizer("builtin:words")
+    queries, documents = ["", "kavo question 3", "a b c d e f g h"], ["kavo passage one two three"] * 3
+    cases = [
+        (PairTemplate(), None),
+        (PairTemplate("pair"), None),
+        (PairTemplate("pair+score"), ["1", "7", "-2"]),
+    ]
+    for template, scores in cases:
+        budgets = template.document_budgets(words, queries, 12, 4, scores)
+        empty = template.encode(words, queries, [""] * 3, 12, 4, scores)
+        full = template.encode(words, queries, documents, 12, 4, scores)
+        for budget, bare, pair in zip(budgets, empty, full, strict=True):
+            assert len(pair.input_ids) - len(bare.input_ids) == max(min(budget, 5), 0)
+
+
+def test_a_max_length_the_template_fills_alone_is_refused_before_data_is_read(tmp_path):
+    dm = budget_module("no-room", tmp_path, max_length=6, max_query_length=4)
+    (tmp_path / "run.trec").unlink()  # reading data first would fail on the missing run instead
+    message = (
+        r"^data\.max_length 6 leaves no token for the document: the backbone's template takes 6 tokens by "
+        r"itself\. Set data\.max_length to at least 7 \(11 keeps room with queries of data\.max_query_length"
+    )
+    with pytest.raises(ConfigError, match=message):
+        dm.setup("validate")
+
+
+def test_pairs_the_query_leaves_no_document_token_are_counted(tmp_path, caplog):
+    dm = budget_module("some-room", tmp_path, max_length=8, max_query_length=8)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("validate")
+    warnings = [r.getMessage() for r in caplog.records if "leave no token" in r.getMessage()]
+    assert warnings == [
+        "some-room/dev: 12 of 24 pairs leave no token of data.max_length 8 for the document (the template "
+        "and the query, kept up to data.max_query_length 8 tokens, take them all): they are scored without "
+        "their document. Set data.max_length to at least 10, or lower data.max_query_length."
+    ]
+    # what the warning says: queries 3-5 (3 tokens) fill the pair without a document token; 0-2 keep one
+    batch = next(iter(dm.val_dataloader()))
+    lengths = dict(zip(batch["query_index"].tolist(), batch["attention_mask"].sum(1).tolist(), strict=True))
+    split = dm.eval_split("val")
+    assert {split.query_ids[q]: n for q, n in lengths.items()} == {
+        **dict.fromkeys("012", 8),
+        **dict.fromkeys("345", 9),
+    }
+
+
+def test_fit_with_a_max_length_the_template_fills_exits_2(tmp_path):
+    result = cli("fit", "--config", DEMO, "--data.max_length=6", f"--trainer.default_root_dir={tmp_path}",
+                 "--trainer.max_steps=1", timeout=180)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "error: data.max_length 6 leaves no token for the document" in result.stderr

@@ -3,12 +3,16 @@
 What the data cannot give is reported once per split at setup, on Lightning's console logger, rather than
 failing the run: entries naming unknown queries or documents are skipped (a warning with counts), pairs
 with empty text are kept and scored (a warning with counts: an empty document is valid reranker input), and
-queries with fewer run candidates than a group needs repeat negatives (a warning with the count of queries).
-Input that leaves nothing to do (no trainable query, nothing to rerank, an empty corpus) is an error.
+queries with fewer run candidates than a group needs repeat negatives (a warning with the count of queries),
+and pairs whose template and query leave ``max_length`` no document token are counted in a warning.
+Input that leaves nothing to do or that has no single reading is an error: no trainable query, nothing to
+rerank, an empty corpus, a validation/test split without a relevant document, a ``max_length`` the template
+fills alone, and a run listing a document twice for a query (refused as ``lightning-rank rerank`` refuses it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -22,10 +26,12 @@ from torch.utils.data import DataLoader
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.collections import (
     DataError,
+    DataFileError,
     DataFileNotFoundError,
     LocalFiles,
     LocalRun,
     load_dataset,
+    local_files,
     reading,
     register_local,
     require_dataset,
@@ -45,15 +51,15 @@ from lightning_rank.datamodules.packing import check_packing_options
 from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
 from lightning_rank.excerpts import Excerpt, check_excerpt
-from lightning_rank.options import check_at_least, check_sizes
 from lightning_rank.metrics import read_trec_run
+from lightning_rank.options import check_at_least, check_sizes
 from lightning_rank.preflight import ConfigError, check_group_size
 
+EVAL_STAGES = ("val", "test", "predict")
 _POSITIVE_OPTIONS = (
     "batch_size", "eval_batch_size", "negatives_depth", "rerank_depth", "max_length", "max_query_length",
     "length_buckets", "pad_to_multiple_of",
 )  # fmt: skip
-EVAL_STAGES = ("val", "test", "predict")
 _console = logging.getLogger("lightning.pytorch")  # Lightning's own console handler shows it
 
 
@@ -141,8 +147,8 @@ class RerankDataModule(pl.LightningDataModule):
             seed: seeds query order and negative sampling (with the epoch).
         """
         super().__init__()
-        _check_ranges(locals())
         check_group_size(group_size)  # at configuration time, before any data is read
+        _check_ranges(locals())
         check_excerpt(excerpt)
         check_packing_options(packing, length_buckets)
         self.save_hyperparameters()
@@ -198,6 +204,7 @@ class RerankDataModule(pl.LightningDataModule):
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
+        self._check_document_room()
         if stage == "fit":
             self._setup_train()
             self._setup_eval("val")
@@ -205,6 +212,41 @@ class RerankDataModule(pl.LightningDataModule):
             self._setup_eval("val")
         elif stage in ("test", "predict"):
             self._setup_eval(stage)
+
+    def _check_document_room(self) -> None:
+        """Refuse a ``max_length`` in which the template alone (with an empty query) leaves no document
+        token: every document would be left out. Needs the backbone; reads no data."""
+        backbone, hp = self._backbone_in_use(), self.hparams
+        score = ["100"] if backbone.template.needs_score else None
+        (room,) = backbone.template.document_budgets(
+            backbone.tokenizer, [""], hp.max_length, hp.max_query_length, score
+        )
+        if room < 1:
+            taken = hp.max_length - room
+            raise ConfigError(
+                f"data.max_length {hp.max_length} leaves no token for the document: the backbone's template "
+                f"takes {taken} tokens by itself. Set data.max_length to at least {taken + 1} "
+                f"({taken + hp.max_query_length + 1} keeps room with queries of data.max_query_length "
+                f"{hp.max_query_length} tokens)."
+            )
+
+    def _report_no_room(
+        self, dataset_id: str, queries: list[str], scores: list[str] | None, what: str
+    ) -> None:
+        """Warn, with counts, when the template and the query leave some pairs no document token."""
+        backbone, hp = self._backbone_in_use(), self.hparams
+        budgets = backbone.template.document_budgets(
+            backbone.tokenizer, queries, hp.max_length, hp.max_query_length, scores
+        )
+        short = [b for b in budgets if b < 1]
+        if short:
+            _warn(
+                f"{dataset_id}: {len(short)} of {len(budgets)} {what} leave no token of data.max_length "
+                f"{hp.max_length} for the document (the template and the query, kept up to "
+                f"data.max_query_length {hp.max_query_length} tokens, take them all): they are scored "
+                f"without their document. Set data.max_length to at least {hp.max_length - min(short) + 1}, "
+                "or lower data.max_query_length."
+            )
 
     def _setup_train(self) -> None:
         hp = self.hparams
@@ -237,16 +279,17 @@ class RerankDataModule(pl.LightningDataModule):
                 qrels, run = docpairs_as_qrels_and_run(pairs, qrels)
             else:
                 scoreddocs = _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run")
+                source = _run_source(dataset, hp.train_dataset, hp.train_run)
                 if shows_scores:  # scaled over the top rerank_depth, as in reranking; positives' own too
                     positives = {
                         q: {d for d, r in docs.items() if r >= hp.min_relevance} for q, docs in qrels.items()
                     }
                     run, scores = ranked_scores(
-                        scoreddocs, max(hp.negatives_depth, hp.rerank_depth), also=positives
+                        scoreddocs, max(hp.negatives_depth, hp.rerank_depth), also=positives, source=source
                     )
                     first_stage = score_texts(scores, hp.rerank_depth)
                 else:
-                    run = _ranked(scoreddocs, hp.negatives_depth)
+                    run = _ranked(scoreddocs, hp.negatives_depth, source)
             if teacher is not None and hp.teacher_missing == "lowest":
                 teacher = fill_unscored(teacher, qrels, run)
             index, report = build_training_index(
@@ -266,6 +309,13 @@ class RerankDataModule(pl.LightningDataModule):
             sum(not queries[q].strip() for q in used_queries),
         )
         _report_short_runs(hp.train_dataset, index, hp.group_size)
+        widest = {q: max(texts.values(), key=len) for q, texts in (first_stage or {}).items() if texts}
+        self._report_no_room(
+            hp.train_dataset,
+            [queries[q.query_id] for q in index],
+            [widest.get(q.query_id, "100") for q in index] if first_stage is not None else None,
+            "training queries",
+        )
         self.train_report = report
         self._train = TrainingGroupStream(
             index,
@@ -293,7 +343,8 @@ class RerankDataModule(pl.LightningDataModule):
         with reading(dataset_id, hp[f"{stage}_run"]):
             queries = _queries(dataset)
             scoreddocs = _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run")
-            run, scores = ranked_scores(scoreddocs, hp.rerank_depth)
+            source = _run_source(dataset, dataset_id, hp[f"{stage}_run"])
+            run, scores = ranked_scores(scoreddocs, hp.rerank_depth, source=source)
             doc_texts = DocumentLookup(dataset_id).texts({d for _, d in run})
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
         first_stage = score_texts(scores, hp.rerank_depth) if self._shows_scores() else None
@@ -311,6 +362,15 @@ class RerankDataModule(pl.LightningDataModule):
             dataset_id,
             sum(not t.strip() for t in split.doc_texts),
             sum(not t.strip() for t in split.query_texts),
+        )
+        if stage in ("val", "test"):
+            _check_judged(dataset_id, stage, split)
+        shown = split.score_texts
+        self._report_no_room(
+            dataset_id,
+            [split.query_texts[q] for q, _ in split.pairs],
+            [shown[pair] for pair in split.pairs] if shown is not None else None,
+            "pairs",
         )
         self._eval[stage] = split
 
@@ -354,11 +414,11 @@ class RerankDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
 
+
 def _check_ranges(options: Mapping[str, Any]) -> None:
     """Sizes and depths of 0 or below (and negative workers) fail at configuration, naming the option."""
     check_sizes("data.", **{name: options[name] for name in _POSITIVE_OPTIONS})
     check_at_least("data.num_workers", options["num_workers"], 0, "0 tokenizes in the main process")
-
 
 
 def _queries(dataset: Any) -> dict[str, str]:
@@ -383,35 +443,87 @@ def _scoreddocs(dataset: Any, dataset_id: str, run_file: str | None, option: str
     return dataset.scoreddocs_iter()
 
 
-def _ranked(scoreddocs: Iterator[Any], depth: int) -> list[tuple[str, str]]:
+def _ranked(scoreddocs: Iterator[Any], depth: int, source: str | Path = "the run") -> list[tuple[str, str]]:
     """Top-``depth`` (query, doc) pairs per query by descending score (ties: doc id descending, as
     trec_eval), queries in first-seen order. Memory is bounded by queries x depth, not by the run's size
     (MS MARCO's BM25 train run has ~800M lines)."""
-    return ranked_scores(scoreddocs, depth)[0]
+    return ranked_scores(scoreddocs, depth, source=source)[0]
 
 
 def ranked_scores(
-    scoreddocs: Iterator[Any], depth: int, also: Mapping[str, Collection[str]] | None = None
+    scoreddocs: Iterator[Any],
+    depth: int,
+    also: Mapping[str, Collection[str]] | None = None,
+    source: str | Path = "the run",
 ) -> tuple[list[tuple[str, str]], dict[str, dict[str, float]]]:
     """:func:`_ranked` and the scores of its pairs, plus those of the ``also`` documents of each query
     (judged positives) wherever the run ranks them. The candidates every rerank takes (``predict`` here,
-    ``lightning-rank rerank``)."""
+    ``lightning-rank rerank``).
+
+    A document listed twice for one query is refused (:class:`DataFileError` naming ``source``, a file or
+    a dataset id), as ``lightning-rank rerank`` and trec_eval refuse it: which of its scores counts is
+    ambiguous. It is found within each query's consecutive lines (runs list a query's documents together)
+    and against each query's top ``depth`` so far, so memory stays bounded by queries x depth."""
     heaps: dict[str, list[tuple[float, str]]] = {}
+    kept: dict[str, set[str]] = {}  # the documents in each query's heap
     extra: dict[str, dict[str, float]] = {}
+    current, consecutive = None, set()  # the query of the last lines and the documents they listed
     for sd in scoreddocs:
-        heap = heaps.setdefault(sd.query_id, [])
-        item = (sd.score, sd.doc_id)
+        qid, doc = sd.query_id, sd.doc_id
+        if qid != current:
+            current, consecutive = qid, set()
+        heap, in_heap = heaps.setdefault(qid, []), kept.setdefault(qid, set())
+        if doc in consecutive or doc in in_heap:
+            raise _duplicate_entry(source, qid, doc)
+        consecutive.add(doc)
+        item = (sd.score, doc)
         if len(heap) < depth:
             heapq.heappush(heap, item)
+            in_heap.add(doc)
         elif item > heap[0]:
-            heapq.heapreplace(heap, item)
-        if also is not None and sd.doc_id in also.get(sd.query_id, ()):
-            extra.setdefault(sd.query_id, {})[sd.doc_id] = sd.score
+            in_heap.discard(heapq.heapreplace(heap, item)[1])
+            in_heap.add(doc)
+        if also is not None and doc in also.get(qid, ()):
+            extra.setdefault(qid, {})[doc] = sd.score
     pairs = [(q, d) for q, heap in heaps.items() for _, d in sorted(heap, reverse=True)]
     scores = {q: {d: s for s, d in heap} for q, heap in heaps.items()}
     for qid, docs in extra.items():
         scores[qid].update(docs)
     return pairs, scores
+
+
+def _run_source(dataset: Any, dataset_id: str, run_file: str | None) -> str | Path:
+    """What a duplicate run entry is reported in: the run file (given, or a local collection's), else the
+    dataset's run by id."""
+    if run_file is not None:
+        return Path(run_file).expanduser()
+    if local_files(dataset_id):
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            return Path(dataset.scoreddocs_handler().scoreddocs_path())
+    return f"the run (scoreddocs) of {dataset_id}"
+
+
+def _duplicate_entry(source: str | Path, qid: str, doc: str) -> DataFileError:
+    where = str(source)
+    if isinstance(source, Path) and source.is_file():
+        where += f":{_second_line(source, qid, doc)}"
+    return DataFileError(
+        f"{where}: document {doc!r} is listed twice for query {qid!r}. A run lists each document once per "
+        "query (`lightning-rank rerank` and trec_eval refuse a repeat too): remove the later line."
+    )
+
+
+def _second_line(path: Path, qid: str, doc: str) -> int | str:
+    """The line number of the second ``qid ... doc`` line of a TREC run file ('?' if not found)."""
+    seen = 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == qid and fields[2] == doc:
+                seen += 1
+                if seen == 2:
+                    return number
+    return "?"
 
 
 @rank_zero_only
@@ -429,6 +541,28 @@ def _report_skips(what: str, report: SkipReport, training: bool = False) -> None
         f"{what}; skipped {report.summary()}. Skipped entries name queries or documents that the collection "
         f"does not hold (are the run and qrels from this collection?){also}; the rest is used."
     )
+
+
+def _check_judged(dataset_id: str, stage: str, split: EvalSplit) -> None:
+    """Refuse an evaluation in which no reranked query has a relevant document (every measure would read
+    0); warn with counts when some have none."""
+    relevant = {q for q, docs in split.qrels.items() if any(grade > 0 for grade in docs.values())}
+    without = [q for q in split.query_ids if q not in relevant]
+    if len(without) == len(split.query_ids):
+        judged = sum(q in split.qrels for q in split.query_ids)
+        raise DataError(
+            f"{dataset_id}: none of the {len(split.query_ids)} queries data.{stage}_dataset reranks has a "
+            f"relevant document in its qrels ({judged} are judged, all with relevance 0 or below), so every "
+            f"measure would read 0. Set data.{stage}_dataset to a split whose qrels judge these queries' "
+            "relevant documents (relevance >= 1), and check that its qrels belong to this collection."
+        )
+    if without:
+        unjudged = sum(q not in split.qrels for q in without)
+        _warn(
+            f"{dataset_id}: {len(without)} of {len(split.query_ids)} reranked queries have no relevant "
+            f"document in the qrels: {unjudged} are not judged at all and are left out of the averages (as "
+            f"trec_eval does), {len(without) - unjudged} count 0 in every measure."
+        )
 
 
 def _report_empty_texts(dataset_id: str, documents: int, queries: int) -> None:
