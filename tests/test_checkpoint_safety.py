@@ -24,6 +24,9 @@ from lightning_rank.folder_lock import lock_path, release_checkpoint_folder
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 QUIET = ("--trainer.enable_progress_bar", "false")
+# the demo config has no test split: `test` scores its dev split
+DATA = {"test": ("--data.test_dataset", "lightning-rank/demo/dev"),
+        "predict": ("--data.predict_dataset", "lightning-rank/demo/dev")}  # fmt: skip
 
 
 class WritesMarker:
@@ -94,7 +97,7 @@ def test_a_served_checkpoint_holding_code_is_refused_and_runs_nothing(
     with served(tmp_path) as url:
         code, err = run_main(
             capsys, subcommand, "--config", DEMO, "--ckpt_path", f"{url}/x.ckpt", *QUIET,
-            "--trainer.default_root_dir", str(tmp_path / "run"),
+            *DATA.get(subcommand, ()), "--trainer.default_root_dir", str(tmp_path / "run"),
         )  # fmt: skip
     assert not marker.exists()
     assert code == 2, err[-2000:]
@@ -142,7 +145,7 @@ def test_a_file_that_is_not_a_checkpoint_ends_in_one_line_naming_it(
     trained, tmp_path: Path, capsys: pytest.CaptureFixture, kind: str
 ) -> None:
     path, problem = damaged(tmp_path, trained[0], kind)
-    code, err = run_main(capsys, "test", "--config", DEMO, "--ckpt_path", str(path), *QUIET)
+    code, err = run_main(capsys, "test", "--config", DEMO, "--ckpt_path", str(path), *QUIET, *DATA["test"])
     assert code == 2, err[-2000:]
     assert f"error: --ckpt_path {path}: {problem}" in err and not traceback_in(err)
 
@@ -252,9 +255,8 @@ def test_evaluating_last_without_a_checkpoint_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture, subcommand: str
 ) -> None:
     """Lightning warned and scored an untrained model."""
-    extra = ("--data.predict_dataset", "lightning-rank/demo/dev") if subcommand == "predict" else ()
     code, err = run_main(
-        capsys, subcommand, "--config", DEMO, "--ckpt_path", "last", *QUIET, *extra,
+        capsys, subcommand, "--config", DEMO, "--ckpt_path", "last", *QUIET, *DATA.get(subcommand, ()),
         "--trainer.default_root_dir", str(tmp_path),
     )  # fmt: skip
     assert code == 2, err[-2000:]
