@@ -208,7 +208,7 @@ class LightningRankCLI(LightningCLI):
         untrained model); fit says it on one line and starts from scratch. A warning, not a refusal, for fit:
         preemptible jobs are started with ``--ckpt_path last`` from their first run on, as Lightning means
         it to be set and forgotten."""
-        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+        if self.config[self.subcommand].get("ckpt_path") != "last":
             return
         callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
         if any(c._find_last_checkpoints(self.trainer) for c in callbacks):
@@ -226,7 +226,8 @@ class LightningRankCLI(LightningCLI):
                 f"warning: --ckpt_path last: no checkpoint under {where}: starting from scratch",
                 file=sys.stderr,
             )
-        self.config_init[self.subcommand]["ckpt_path"] = None  # Lightning's own longer warning is moot
+        if self.subcommand in self.config_init:  # Lightning's own, longer warning is moot
+            self.config_init[self.subcommand]["ckpt_path"] = None
 
     def _before_evaluation(self) -> None:
         self._check_ckpt_path_last()
