@@ -36,7 +36,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, read_trec_run
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURES = list(DEFAULT_MEASURES)

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lightning_rank.trainer_cli import LightningRankCLI
+from lightning_rank.cli.trainer import LightningRankCLI
 
 REPO = Path(__file__).resolve().parents[1]
 

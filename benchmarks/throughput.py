@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 
 from lightning_rank.callbacks.throughput import TokensPerSecond
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.module import RerankerModule
-from lightning_rank.templates import EncodedPair
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.text.templates import EncodedPair
 
 #: Paper-size shapes (random init; vocab sizes as the real tokenizers') and tiny ones for CPU smoke runs.
 SIZES: dict[str, dict[str, dict[str, Any]]] = {

@@ -22,8 +22,8 @@ from rich.table import Table
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
-from lightning_rank.tokenizers import VOCABULARY
+from lightning_rank.text.builtin_tokenizer import VOCABULARY
+from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
 
 
 def default_tokenizer() -> str:

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 # Lazy: `lightning-rank` checks its command line before torch and Lightning are imported (seconds).
 _LAZY = {
-    "RerankerModule": "lightning_rank.module",
+    "RerankerModule": "lightning_rank.reranker.module",
     "RerankDataModule": "lightning_rank.datamodules",
     "Backbone": "lightning_rank.backbones.base",
 }

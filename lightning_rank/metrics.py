@@ -22,15 +22,9 @@ does).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
-import tempfile
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ir_measures
 import torch
@@ -39,21 +33,10 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from lightning_rank.preflight import InputError
+from lightning_rank.runs import Run, rank_documents
 
-__all__ = [
-    "OutputError",
-    "RankingMetrics",
-    "check_replaceable",
-    "evaluate_run",
-    "parse_measures",
-    "rank_documents",
-    "read_trec_run",
-    "write_metrics_file",
-    "write_trec_run",
-]
+__all__ = ["RankingMetrics", "evaluate_run", "parse_measures"]
 
-Run = dict[str, dict[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
 _EXAMPLES = '"nDCG@10", "RR@10" (or "MRR@10"), "R@100", "MAP", "P@5", "AP@100", "Success@1", "P(rel=2)@5"'
@@ -104,11 +87,6 @@ def parse_measures(measures: Sequence[str] | str) -> dict[str, Any]:
             )
         parsed[name] = measure
     return parsed
-
-
-def rank_documents(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    """Documents of one query in trec_eval's order: score descending, ties by docid descending."""
-    return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
 
 
 def evaluate_run(
@@ -250,173 +228,3 @@ class RankingMetrics(Metric):
     def compute(self) -> dict[str, float]:
         """trec_eval's values of the measures on the reranked run, keyed by the measure strings."""
         return evaluate_run(self.run(), self.qrels, self.measures)
-
-
-def read_trec_run(path: str | os.PathLike[str]) -> Run:
-    """Read a TREC run file (``qid Q0 docid rank score [tag]``) into ``{qid: {docid: score}}``.
-
-    The rank column is ignored, as trec_eval does, but must be an integer. Every line is checked
-    (:func:`lightning_rank.data_files.run_row`): a mistake, a document listed twice for one query or an
-    empty file raises :class:`~lightning_rank.data_files.DataFileError` naming the file and line.
-    """
-    from lightning_rank.data_files import DataFileError, numbered_records
-
-    run: Run = {}
-    for lineno, (qid, did, value) in numbered_records(path, "run"):
-        docs = run.setdefault(qid, {})
-        if did in docs:
-            raise DataFileError(
-                f"{path}:{lineno}: document {did!r} appears twice for query {qid!r}; keep one line per "
-                "(query, document)"
-            )
-        docs[did] = value
-    if not run:
-        raise DataFileError(f"{path}: the run file holds no 'qid Q0 docid rank score tag' lines")
-    return run
-
-
-def _check_token(kind: str, value: str) -> None:
-    if not value or any(c.isspace() for c in value):
-        raise ValueError(f"{kind} {value!r} cannot be written to a TREC run file (empty or has whitespace)")
-
-
-def write_trec_run(
-    run: Mapping[str, Mapping[str, float]], path: str | os.PathLike[str], tag: str = "lightning-rank"
-) -> None:
-    """Write ``{qid: {docid: score}}`` as a TREC run file, atomically.
-
-    Lines are ``qid Q0 docid rank score tag``; queries in sorted order, ranks 1.. in trec_eval's order
-    (score descending, ties by docid descending), scores written with full precision (``repr``), so
-    trec_eval reads back the same ranking. The file is written to a temporary file in the same folder and
-    moved into place with ``os.replace``: a failed write leaves an existing file untouched, and an existing
-    file that is not a run is never replaced (:func:`check_replaceable`).
-    """
-    _check_token("tag", tag)
-    path = check_replaceable(path, "run")
-    lines: list[str] = []
-    for qid in sorted(run):
-        _check_token("query id", qid)
-        for rank, (did, score) in enumerate(rank_documents(run[qid]), start=1):
-            _check_token("doc id", did)
-            value = float(score)
-            if math.isnan(value):
-                raise ValueError(f"score of ({qid!r}, {did!r}) is NaN; trec_eval cannot rank it")
-            lines.append(f"{qid} Q0 {did} {rank} {value!r} {tag}\n")
-    atomic_write_lines(path, lines)
-
-
-def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
-    """Write lines to a temp file next to ``path``, fsync, then ``os.replace`` it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; keep the mode of the file we replace, else the usual 0644
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_metrics_file(path: str | os.PathLike[str], metrics: Mapping[str, float]) -> Path:
-    """Write ``{name: value}`` as a JSON object, atomically, where :func:`check_replaceable` allows it."""
-    path = check_replaceable(path, "metrics", option="--metrics_file")
-    atomic_write_lines(path, [json.dumps(dict(sorted(metrics.items())), indent=2) + "\n"])
-    return path
-
-
-class OutputError(InputError, FileExistsError):
-    """An output path that holds something a write must not replace: the CLI prints it and exits 2."""
-
-
-OutputKind = Literal["run", "metrics"]
-_KIND_LABELS = {"run": "TREC run file", "metrics": "metrics file (a JSON object of numbers)"}
-_EXAMPLE_NAMES = {"run": "run.trec", "metrics": "metrics.json"}
-_RUN_LINES_CHECKED = 1000  # a prefix tells a run from anything else; reading a 1 GB run whole would not pay
-_METRICS_BYTES_CHECKED = 1 << 20
-
-
-def check_replaceable(path: str | os.PathLike[str], kind: OutputKind, option: str = "--output") -> Path:
-    """``path`` (``~`` expanded) when a ``kind`` file may be written there, else :class:`OutputError`.
-
-    A write may create a file or replace an empty one or one of its own kind (a run: lines of ``qid Q0 docid
-    rank score tag``; metrics: a JSON object of numbers); never a folder or any other file, so a mistyped
-    output path cannot destroy a user's file. Writers call it before their expensive work and again at the
-    write."""
-    path = Path(path).expanduser()
-    label = _KIND_LABELS[kind]
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise OutputError(f"{option} {path}: {blocker} is a file, not a folder; pass a path in a folder")
-    if path.is_dir():
-        raise OutputError(
-            f"{option} {path} is a folder; the {label} is written to a file: pass a file path such as "
-            f"{path / _EXAMPLE_NAMES[kind]}"
-        )
-    if not path.exists():
-        return path
-    reason = "it is not a regular file" if not path.is_file() else _why_not_replaceable(path, kind)
-    if reason:
-        raise OutputError(
-            f"{option} {path} exists and is not a {label}: {reason}. It was left as it is; pass another "
-            f"{option} path (an existing {label} or an empty file may be replaced)"
-        )
-    return path
-
-
-def _why_not_replaceable(path: Path, kind: OutputKind) -> str | None:
-    """Why the existing file at ``path`` does not look like a ``kind`` file (None when it does)."""
-    try:
-        if kind == "metrics":
-            return _why_not_metrics(path)
-        return _why_not_run(path)
-    except OSError as err:
-        return f"it cannot be read ({err.strerror or err})"
-    except UnicodeDecodeError as err:
-        return f"it is not UTF-8 text (byte {err.start})"
-
-
-def _why_not_run(path: Path) -> str | None:
-    """None when the first lines of ``path`` are TREC run lines (``read_trec_run``'s rules), else why not."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if lineno > _RUN_LINES_CHECKED:
-                break
-            fields = line.split()
-            if fields and not _is_run_line(fields):
-                return f"line {lineno} ({line.strip()[:60]!r}) is not 'qid Q0 docid rank score tag'"
-    return None
-
-
-def _is_run_line(fields: list[str]) -> bool:
-    if len(fields) not in (5, 6):
-        return False
-    try:
-        int(fields[3])
-        float(fields[4])
-    except ValueError:
-        return False
-    return True
-
-
-def _why_not_metrics(path: Path) -> str | None:
-    """None when ``path`` is empty or a JSON object whose values are all numbers, else why not."""
-    if path.stat().st_size > _METRICS_BYTES_CHECKED:
-        return f"it holds {path.stat().st_size} bytes, more than a metrics file"
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        return f"it is not JSON (line {err.lineno}: {err.msg})"
-    if not isinstance(value, dict):
-        return f"it holds a JSON {type(value).__name__}, not an object"
-    wrong = [k for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int | float)]
-    return f"{wrong[0]!r} is not a number" if wrong else None

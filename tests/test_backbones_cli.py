@@ -11,7 +11,7 @@ from conftest import REPO
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.module import RerankerModule
+from lightning_rank.reranker.module import RerankerModule
 
 HF_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TINY = {

@@ -16,8 +16,9 @@ import pytest
 from conftest import REPO, cli
 
 from lightning_rank.backbones.base import load_tokenizer
-from lightning_rank.preflight import ConfigError, check_argv
-from lightning_rank.templates import PairTemplate
+from lightning_rank.cli.preflight import check_argv
+from lightning_rank.errors import ConfigError
+from lightning_rank.text.templates import PairTemplate
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 
@@ -161,7 +162,7 @@ def test_misspelled_dataset_id_suggests_close_ids(tmp_path):
 def test_evaluation_dataset_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch):
     """The evaluation side (the training side is in test_datamodule.py), offline for real: every request
     goes to a proxy that refuses connections, as on a machine without network."""
-    from lightning_rank.datamodules.collections import DatasetDownloadError
+    from lightning_rank.errors import DatasetDownloadError
 
     monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
@@ -209,7 +210,7 @@ def test_entries_naming_unknown_queries_or_documents_are_skipped_with_counts(tmp
 
 # 7 ------------------------------------------------------------------------------------------------------
 def test_empty_corpus_is_an_error(tmp_path):
-    from lightning_rank.datamodules.collections import DataFileError
+    from lightning_rank.errors import DataFileError
 
     files = write_collection(tmp_path / "files", docs=b"\n")
     with pytest.raises(DataFileError, match=r"local collection 'no-docs': .*docs.tsv holds no documents"):
@@ -241,7 +242,7 @@ def test_empty_texts_are_scored_with_a_warning(tmp_path, caplog):
 def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path, bad):
     import json
 
-    from lightning_rank.datamodules.collections import DataFileError
+    from lightning_rank.errors import DataFileError
 
     queries = b"".join(
         json.dumps({"_id": str(q), "text": f"kavo question {q}"}).encode() + b"\n" for q in range(10)
@@ -264,7 +265,7 @@ def test_invalid_utf8_names_the_file_line_and_byte_offset(tmp_path, bad):
 @pytest.mark.parametrize("excerpt", ["first", "query_biased"])
 @pytest.mark.parametrize("style", ["document: {document}; query: {query}", "pair"])
 def test_documents_far_beyond_max_length_are_truncated_fast(style, excerpt):
-    from lightning_rank.tokenizers import VOCABULARY
+    from lightning_rank.text.builtin_tokenizer import VOCABULARY
 
     tokenizer = load_tokenizer("builtin:words")
     words = list(VOCABULARY)

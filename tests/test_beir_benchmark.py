@@ -9,8 +9,8 @@ import sys
 import yaml
 from conftest import REPO, tiny_bi_encoder
 
+from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.metrics import read_trec_run
 
 TINY_BERT = {
     "tokenizer": "builtin:words",

@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import REPO, cli
 
-from lightning_rank.checkpoint_policy import settle_model_settings
 from lightning_rank.cli import main
-from lightning_rank.folder_lock import lock_path, release_checkpoint_folder
+from lightning_rank.cli.folder_lock import lock_path, release_checkpoint_folder
+from lightning_rank.reranker.checkpoints import settle_model_settings
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 QUIET = ("--trainer.enable_progress_bar", "false")
@@ -270,8 +270,9 @@ def test_evaluating_last_without_a_checkpoint_is_refused(
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s lock, as a running fit does, until it is killed."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from lightning_rank.folder_lock import lock_checkpoint_folder;"
-         f"lock_checkpoint_folder({str(folder)!r}); print('locked', flush=True); time.sleep(600)"],
+        [sys.executable, "-c", "import time; from lightning_rank.cli.folder_lock import "
+         f"lock_checkpoint_folder; lock_checkpoint_folder({str(folder)!r}); print('locked', flush=True); "
+         "time.sleep(600)"],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     assert holder.stdout.readline().strip() == "locked"

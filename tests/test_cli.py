@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 
 from lightning_rank.cli import main
-from lightning_rank.metrics import read_trec_run
+from lightning_rank.datamodules.files import read_trec_run
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 GRU = ["--model.backbone", "gru", "--model.backbone_args", '{tokenizer: "builtin:words", hidden_size: 32}']

@@ -16,10 +16,11 @@ import pytest
 import torch
 from conftest import REPO, cli
 
-from lightning_rank.cuda_graphs import CudaGraphError, TrainingGraphs, check_cuda_graphs
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.module import RerankerModule
-from lightning_rank.templates import EncodedPair
+from lightning_rank.errors import CudaGraphError
+from lightning_rank.reranker.cuda_graphs import TrainingGraphs, check_cuda_graphs
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.text.templates import EncodedPair
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 CUDA = torch.cuda.is_available()

@@ -11,10 +11,10 @@ import pytest
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.datamodules import RerankDataModule, register_beir_folder
-from lightning_rank.datamodules.collections import DataError
 from lightning_rank.datamodules.groups import build_training_index
 from lightning_rank.datamodules.stream import ResumableLoader
-from lightning_rank.templates import PairTemplate
+from lightning_rank.errors import DataError
+from lightning_rank.text.templates import PairTemplate
 
 WORDS = load_tokenizer("builtin:words")
 
@@ -160,7 +160,7 @@ def test_dataset_that_needs_a_download_fails_fast_offline(tmp_path, monkeypatch)
 
     import requests
 
-    from lightning_rank.datamodules.collections import DatasetDownloadError
+    from lightning_rank.errors import DatasetDownloadError
 
     def offline(*args, **kwargs):
         raise requests.exceptions.ConnectionError("Failed to resolve host (no network)")

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import cli, tiny_bi_encoder
 
+from lightning_rank.commands.dense import dense, load_bi_encoder
 from lightning_rank.datamodules.collections import load_dataset, register_local
+from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.dense import dense, load_bi_encoder
-from lightning_rank.metrics import read_trec_run, write_trec_run
-from lightning_rank.preflight import InputError
+from lightning_rank.errors import InputError
+from lightning_rank.runs import write_trec_run
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 

@@ -12,9 +12,9 @@ from conftest import REPO, cli
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.excerpts import query_biased_excerpts, segments
-from lightning_rank.module import RerankerModule
-from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.text.excerpts import query_biased_excerpts, segments
+from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
 
 TOK = load_tokenizer("builtin:words")
 QUERY = "zuzu bibi"

@@ -11,14 +11,14 @@ import pytest
 from conftest import cli
 
 from lightning_rank.backbones.base import load_tokenizer
-from lightning_rank.bm25 import bm25, bm25_run
+from lightning_rank.commands.bm25 import bm25, bm25_run
 from lightning_rank.datamodules import RerankDataModule, register_beir_folder
 from lightning_rank.datamodules.collections import load_dataset
-from lightning_rank.datamodules.first_stage import score_texts
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.module import RerankerModule
-from lightning_rank.preflight import ConfigError
-from lightning_rank.templates import PAIR_WITH_SCORE, PairTemplate
+from lightning_rank.errors import ConfigError
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.text.score_text import score_texts
+from lightning_rank.text.templates import PAIR_WITH_SCORE, PairTemplate
 
 NUMBERS = ["-", *map(str, range(1001))]
 

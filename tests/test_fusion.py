@@ -8,9 +8,11 @@ import re
 import pytest
 
 from lightning_rank.cli import main
+from lightning_rank.commands.fuse import interpolate, normalize, tune_weight
 from lightning_rank.datamodules.collections import load_dataset
-from lightning_rank.fusion import interpolate, normalize, tune_weight
-from lightning_rank.metrics import evaluate_run, rank_documents, read_trec_run, write_trec_run
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.metrics import evaluate_run
+from lightning_rank.runs import rank_documents, write_trec_run
 
 # q1: the reranker is right and BM25 wrong; q2: BM25 is right and the reranker nearly so.
 RERANKER = {"q1": {"a": 3.0, "b": 2.0, "c": 1.0}, "q2": {"y": 3.0, "x": 2.9, "z": 0.0}}

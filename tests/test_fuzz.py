@@ -540,7 +540,7 @@ def check_outcome(case: Case, message: str | None) -> None:
 def read_everything(case: Case, source: object) -> None:
     """What the commands read: register, then docs (and the docstore), queries, qrels, runs, docpairs."""
     from lightning_rank.datamodules.collections import load_dataset, register_local
-    from lightning_rank.metrics import read_trec_run
+    from lightning_rank.datamodules.files import read_trec_run
 
     if case.expect == "config":
         source = malformed_source(random.Random(case.number), case)
@@ -563,7 +563,7 @@ READER_CASES_LIST = cases(READER_CASES, SEED)
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", READER_CASES_LIST, ids=lambda c: f"case{c.number}")
 def test_readers_hold_the_invariant(case: Case, tmp_path: Path) -> None:
-    from lightning_rank.preflight import InputError
+    from lightning_rank.errors import InputError
 
     source = write_case(case, tmp_path / "data")
     before = hashes(tmp_path / "data")
@@ -584,7 +584,7 @@ EARLIER = b"q0 Q0 d0 1 1.0 earlier\n"
 @pytest.mark.parametrize("case", BM25_CASES_LIST, ids=lambda c: f"case{c.number}")
 def test_bm25_command_holds_the_invariant(case: Case, tmp_path: Path, capsys) -> None:
     from lightning_rank.cli import main
-    from lightning_rank.metrics import read_trec_run
+    from lightning_rank.datamodules.files import read_trec_run
 
     source = write_case(case, tmp_path / "data")
     if case.expect == "config":

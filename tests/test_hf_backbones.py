@@ -18,13 +18,13 @@ from lightning_rank.backbones import hf
 from lightning_rank.backbones.hf import (
     BertBackbone,
     HFBackbone,
-    HubModelNotCachedError,
     LlamaBackbone,
     PythiaBackbone,
     RobertaBackbone,
 )
-from lightning_rank.templates import CAUSAL_TEMPLATE
-from lightning_rank.tokenizers import VOCABULARY
+from lightning_rank.errors import HubModelNotCachedError
+from lightning_rank.text.builtin_tokenizer import VOCABULARY
+from lightning_rank.text.templates import CAUSAL_TEMPLATE
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 NO_DROPOUT = {
@@ -201,7 +201,7 @@ def test_save_pretrained_round_trip(name: str, tmp_path: Path) -> None:
 
 
 def test_mean_pooling_averages_real_tokens_and_travels_with_an_export(tmp_path: Path) -> None:
-    from lightning_rank.module import RerankerModule
+    from lightning_rank.reranker.module import RerankerModule
 
     module = RerankerModule(
         backbone="bert",

@@ -15,8 +15,8 @@ from test_excerpts import DOC, QUERY
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.input_format import InputFormat
-from lightning_rank.module import RerankerModule
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.text.input_format import InputFormat
 
 TRAINED = InputFormat(max_length=40, max_query_length=12, excerpt="query_biased")
 

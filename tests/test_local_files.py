@@ -15,8 +15,8 @@ import pytest
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.collections import load_dataset, register_local
-from lightning_rank.metrics import read_trec_run
-from lightning_rank.preflight import InputError
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import InputError
 
 EARLIER = b"q0 Q0 d0 1 1.0 earlier\n"
 
@@ -206,7 +206,7 @@ def test_real_beir_folder_is_read_and_checked_once(tmp_path, monkeypatch):
     """SciFact as BEIR ships it (CRLF qrels with a header): read whole, then served from the cached check."""
     from conftest import SHARED_DATA
 
-    from lightning_rank import data_files
+    from lightning_rank.datamodules import files as data_files
 
     scifact = SHARED_DATA / "scifact"
     if not (scifact / "corpus.jsonl").is_file():
@@ -287,7 +287,7 @@ MALFORMED = [
 
 @pytest.mark.parametrize(("source", "needle"), MALFORMED)
 def test_malformed_local_collections_are_one_error(source, needle):
-    from lightning_rank.preflight import ConfigError
+    from lightning_rank.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"^local collection 'settings': {re.escape(needle)}"):
         register_local("settings", source)

@@ -13,7 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lightning_rank import metrics
-from lightning_rank.metrics import RankingMetrics, evaluate_run, read_trec_run, write_trec_run
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.metrics import RankingMetrics, evaluate_run
+from lightning_rank.runs import write_trec_run
 
 # q1: graded judgements, d4 relevant but not retrieved, d9/d5 retrieved but unjudged
 # q2: judged, no relevant document (counts, with value 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_rank.datamodules.collate import PairCollator
-from lightning_rank.module import RerankerModule
+from lightning_rank.reranker.module import RerankerModule
 
 TINY_BERT = {
     "tokenizer": "builtin:words",
@@ -79,7 +79,7 @@ def test_pretrained_backbone_trains_with_dropout_on(tmp_path):
 def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path):
     from transformers import AutoModel
 
-    from lightning_rank.lora import LoraSettings
+    from lightning_rank.reranker.lora import LoraSettings
 
     torch.manual_seed(0)
     module = RerankerModule(backbone="bert", backbone_args=TINY_BERT, lora=LoraSettings(r=4))
@@ -100,7 +100,7 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(tmp_path):
 
 
 def test_lora_refuses_mamba_layers_that_fused_kernels_read_directly():
-    from lightning_rank.lora import LoraSettings
+    from lightning_rank.reranker.lora import LoraSettings
 
     args = {"tokenizer": "builtin:words", "config": {"d_model": 32, "n_layer": 1}}
     with pytest.raises(ValueError, match="ignored by the fused Mamba kernels"):
@@ -132,7 +132,7 @@ def test_weight_decay_spares_biases_norms_and_mamba_ssm_parameters():
 
 def test_lora_checkpoint_hyperparameters_load_with_weights_only(tmp_path):
     """A LoRA run must resume with torch.load(weights_only=True), torch's default: no pickled classes."""
-    from lightning_rank.lora import LoraSettings
+    from lightning_rank.reranker.lora import LoraSettings
 
     tiny = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
     args = {"tokenizer": "builtin:words", "config": tiny}

@@ -11,12 +11,12 @@ import pytest
 from conftest import REPO, cli
 
 from lightning_rank.backbones.base import load_tokenizer
-from lightning_rank.bm25 import bm25
 from lightning_rank.cli import main
+from lightning_rank.commands.bm25 import bm25
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.module import RerankerModule
-from lightning_rank.preflight import ConfigError
-from lightning_rank.templates import PairTemplate
+from lightning_rank.errors import ConfigError
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.text.templates import PairTemplate
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 

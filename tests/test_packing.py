@@ -20,8 +20,8 @@ from lightning_rank.datamodules import RerankDataModule, collate
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.packing import best_rows, pack, pack_rows
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.module import RerankerModule
-from lightning_rank.preflight import ConfigError
+from lightning_rank.errors import ConfigError
+from lightning_rank.reranker.module import RerankerModule
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 

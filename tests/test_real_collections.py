@@ -19,10 +19,10 @@ from conftest import REPO
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.cli import main
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.datamodules.collections import DataError, DataFileError
+from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.metrics import read_trec_run
-from lightning_rank.templates import CAUSAL_TEMPLATE, PairTemplate
+from lightning_rank.errors import DataError, DataFileError
+from lightning_rank.text.templates import CAUSAL_TEMPLATE, PairTemplate
 
 TINY_BERT = {
     "tokenizer": "builtin:words",
@@ -78,7 +78,7 @@ def test_bm25_judged_scores_queries_without_terms_zero_and_counts_them(odd_folde
     folder, _ = odd_folder
     output = tmp_path / "train.trec"
     collections = json.dumps({"odd-bm25": str(folder)})
-    with caplog.at_level(logging.WARNING, logger="lightning_rank.bm25"):
+    with caplog.at_level(logging.WARNING, logger="lightning_rank.commands.bm25"):
         status = main(["bm25", "--local_collections", collections, "--dataset", "odd-bm25/train",
                        "--depth", "5", "--judged", "true", "--output", str(output)])  # fmt: skip
     assert status == 0
@@ -86,7 +86,7 @@ def test_bm25_judged_scores_queries_without_terms_zero_and_counts_them(odd_folde
     for key in (*TERMLESS, "unknown"):  # no term in common with any document: BM25 scores 0 everywhere
         assert len(run[f"train-{key}"]) == 2 and set(run[f"train-{key}"].values()) == {0.0}
     assert len(run["train-word"]) >= 2 and max(run["train-word"].values()) > 0
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "lightning_rank.bm25"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "lightning_rank.commands.bm25"]
     queries = {line.split()[0] for line in (folder / "qrels" / "train.tsv").read_text().splitlines()[1:]}
     assert f"odd-bm25/train: 4 of {len(queries)} queries have no indexable term" in warning
     assert "and 1 share no term with the corpus" in warning and "train-stop ('is the of and a')" in warning

@@ -120,7 +120,7 @@ def test_unknown_backbone_fails_within_a_second_of_start(run_cli, tmp_path):
 
 
 def test_preflight_reads_last_backbone(tmp_path):
-    from lightning_rank.preflight import backbone_from_argv
+    from lightning_rank.cli.preflight import backbone_from_argv
 
     config = tmp_path / "c.yaml"
     config.write_text("model:\n  backbone: bert\n")

@@ -9,7 +9,8 @@ from conftest import TRAINED_SETTINGS
 from test_cli import DEMO
 
 from lightning_rank.cli import main
-from lightning_rank.metrics import read_trec_run, write_trec_run
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.runs import write_trec_run
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import REPO, cli
 
-from lightning_rank.module import RerankerModule, _rng_states, _set_rng_states
+from lightning_rank.reranker.module import RerankerModule, _rng_states, _set_rng_states
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 STEPS = 48

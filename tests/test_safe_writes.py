@@ -14,9 +14,11 @@ from conftest import REPO
 
 from lightning_rank.callbacks import TrecRunWriter
 from lightning_rank.cli import main
-from lightning_rank.export import EXPORT_ENTRIES, export_reranker, is_export
-from lightning_rank.metrics import OutputError, read_trec_run, write_metrics_file, write_trec_run
-from lightning_rank.module import RerankerModule
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import OutputError
+from lightning_rank.reranker.export import EXPORT_ENTRIES, export_reranker, is_export
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.runs import write_metrics_file, write_trec_run
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
@@ -159,7 +161,7 @@ def test_run_commands_refuse_a_file_that_is_not_a_run_and_a_folder(tmp_path, cap
     def retrieval_ran(*args, **kwargs):
         raise AssertionError("BM25 ran before the output was checked")
 
-    monkeypatch.setattr("lightning_rank.bm25.bm25_run", retrieval_ran)
+    monkeypatch.setattr("lightning_rank.commands.bm25.bm25_run", retrieval_ran)
     commands = {
         "bm25": ["bm25", "--dataset", "lightning-rank/demo/dev"],
         "dense": ["dense", "--dataset", "lightning-rank/demo/dev", "--run", missing, "--model", missing],

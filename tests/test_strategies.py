@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from lightning_rank.module import RerankerModule
+from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.strategies import BackboneFSDPStrategy, backbone_block_classes
 
 FSDP = str(REPO / "configs" / "strategy" / "fsdp.yaml")
@@ -103,7 +103,7 @@ def test_fsdp_preset_combines_with_paper_configs(config: str) -> None:
 
 
 def test_fsdp_preset_builds_through_the_cli_and_selects_the_demo_blocks() -> None:
-    from lightning_rank.trainer_cli import LightningRankCLI
+    from lightning_rank.cli.trainer import LightningRankCLI
 
     built = LightningRankCLI(
         args=["--config", DEMO, "--config", FSDP, "--trainer.accelerator", "cpu", "--trainer.devices", "1"],
@@ -117,7 +117,7 @@ def test_fsdp_preset_builds_through_the_cli_and_selects_the_demo_blocks() -> Non
 def test_validation_before_fit_is_skipped_under_fsdp_with_a_warning() -> None:
     """validate() then fit() would set the FSDP model up twice, and its first checkpoint would fail (seen on
     an H100): the CLI skips the pre-fit validation and says how to get those figures."""
-    from lightning_rank.trainer_cli import LightningRankCLI
+    from lightning_rank.cli.trainer import LightningRankCLI
 
     built = LightningRankCLI(
         args=["--config", DEMO, "--config", FSDP, "--trainer.accelerator", "cpu", "--trainer.devices", "1",

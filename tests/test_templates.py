@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lightning_rank.backbones.base import load_tokenizer
-from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
+from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
 
 TOK = load_tokenizer("builtin:words")
 QUERY = "baba bebe bibi"

@@ -12,9 +12,10 @@ from conftest import cli, tiny_bi_encoder
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.collections import load_dataset
-from lightning_rank.export import UntrustedCodeError
-from lightning_rank.metrics import read_trec_run, write_trec_run
-from lightning_rank.module import RerankerModule
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import UntrustedCodeError
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.runs import write_trec_run
 
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 MARKER_VARIABLE = "LIGHTNING_RANK_TEST_CODE_RAN"

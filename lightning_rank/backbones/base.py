@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR_STYLES, PairTemplate
-from lightning_rank.tokenizers import BUILTIN_PREFIX, build_builtin_tokenizer
+from lightning_rank.text.builtin_tokenizer import BUILTIN_PREFIX, build_builtin_tokenizer
+from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR_STYLES, PairTemplate
 
 Pooling = Literal["first", "last", "mean"]
 

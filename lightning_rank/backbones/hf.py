@@ -24,8 +24,9 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from lightning_rank.backbones.base import Backbone, Pooling
-from lightning_rank.templates import CAUSAL_TEMPLATE, PAIR
-from lightning_rank.tokenizers import BUILTIN_PREFIX
+from lightning_rank.errors import HubModelNotCachedError
+from lightning_rank.text.builtin_tokenizer import BUILTIN_PREFIX
+from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR
 
 AttnImplementation = Literal["sdpa", "flash_attention_2", "eager"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -43,10 +44,6 @@ def _without_pooler(config: PretrainedConfig) -> dict[str, Any]:
     model_class = MODEL_MAPPING.get(type(config), None)
     init = inspect.signature(model_class.__init__).parameters if model_class is not None else {}
     return {"add_pooling_layer": False} if "add_pooling_layer" in init else {}
-
-
-class HubModelNotCachedError(OSError):
-    """A hub id that is not in the local cache while the hub cannot be reached."""
 
 
 class HFBackbone(Backbone):

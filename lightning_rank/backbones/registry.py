@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
+from lightning_rank.errors import UnknownBackboneError
+
 if TYPE_CHECKING:
     from lightning_rank.backbones.base import Backbone
 
 GROUP = "lightning_rank.backbones"
 OWN_DISTRIBUTION = "lightning-rank"
-
-
-class UnknownBackboneError(ValueError):
-    """A config names a backbone that no installed entry point or import path provides."""
 
 
 class BackbonePluginWarning(UserWarning):

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lightning_rank.metrics import check_replaceable, write_trec_run
+from lightning_rank.runs import check_replaceable, write_trec_run
 
 
 class TrecRunWriter(BasePredictionWriter):

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lightning_rank.datamodules.packing import check_packing_options, pack
-from lightning_rank.templates import EncodedPair, PairTemplate
+from lightning_rank.text.templates import EncodedPair, PairTemplate
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -32,7 +32,7 @@ class PairCollator:
     max_query_length: int = 64
     pad_to_multiple_of: int | None = None
     length_buckets: int = 1
-    excerpt: str = "first"  # which part of a long document is kept: lightning_rank.excerpts
+    excerpt: str = "first"  # which part of a long document is kept: lightning_rank.text.excerpts
     packing: bool = False  # pairs share rows of up to max_length tokens (lightning_rank.datamodules.packing)
 
     def __post_init__(self) -> None:

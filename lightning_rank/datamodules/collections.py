@@ -8,8 +8,9 @@ A BEIR folder ``F`` registered as ``NAME`` gives ``NAME`` (docs + queries) and `
 e.g. written by ``lightning-rank bm25``, and docpairs when ``F/docpairs/<split>.tsv`` holds
 ``query_id<TAB>positive_doc_id<TAB>negative_doc_id`` lines).
 
-Local files are read by our own parsers (``lightning_rank.data_files``), never by ir_datasets': each file is
-checked once, mistakes are named with file and line, and duplicates keep their first copy everywhere.
+Local files are read by our own parsers (``lightning_rank.datamodules.files``), never by ir_datasets':
+each file is checked once, mistakes are named with file and line, and duplicates keep their first copy
+everywhere.
 """
 
 from __future__ import annotations
@@ -42,22 +43,21 @@ from ir_datasets.formats import (
 )
 from ir_datasets.indices import DEFAULT_DOCSTORE_OPTIONS, PickleLz4FullStore
 
-from lightning_rank.data_files import DataError, DataFileError, check, not_utf8, records
+from lightning_rank.datamodules.files import check, not_utf8, records
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-from lightning_rank.preflight import ConfigError, InputError
+from lightning_rank.errors import (
+    ConfigError,
+    DataError,
+    DataFileError,
+    DataFileNotFoundError,
+    DatasetDownloadError,
+    DatasetNotFoundError,
+)
 
 __all__ = ["DataError", "DataFileError"]  # defined with the readers, raised from here too
 
 DEMO_ID = "lightning-rank/demo"
 _REQUIRED = ("corpus.jsonl", "queries.jsonl")
-
-
-class DatasetDownloadError(InputError, RuntimeError):
-    """An ir_datasets id whose files are not on this machine and could not be downloaded."""
-
-
-class DataFileNotFoundError(InputError, FileNotFoundError):
-    """A local data file (collection, run) that does not exist."""
 
 
 @contextlib.contextmanager
@@ -126,13 +126,6 @@ def downloads_fail_fast(dataset_id: str) -> Iterator[None]:
             f"likewise queries/qrels/scoreddocs) and copy ir_datasets' home, {ir_datasets.util.home_path()} "
             "(set by IR_DATASETS_HOME), to this machine."
         ) from err
-
-
-class DatasetNotFoundError(InputError, KeyError):
-    """An ir_datasets id that is neither built into ir_datasets nor registered by lightning-rank."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def _registered() -> dict[str, object]:

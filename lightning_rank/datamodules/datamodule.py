@@ -25,9 +25,6 @@ from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.collections import (
-    DataError,
-    DataFileError,
-    DataFileNotFoundError,
     LocalFiles,
     LocalRun,
     load_dataset,
@@ -37,7 +34,8 @@ from lightning_rank.datamodules.collections import (
     require_dataset,
 )
 from lightning_rank.datamodules.documents import DocumentLookup
-from lightning_rank.datamodules.first_stage import score_texts
+from lightning_rank.datamodules.eval_split import EvalSplit, RerankCollator, RerankPairs, build_eval_split
+from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.groups import (
     NegativeSampling,
     SkipReport,
@@ -48,12 +46,18 @@ from lightning_rank.datamodules.groups import (
     fill_unscored,
 )
 from lightning_rank.datamodules.packing import check_packing_options
-from lightning_rank.datamodules.rerank import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
-from lightning_rank.excerpts import Excerpt, check_excerpt
-from lightning_rank.metrics import read_trec_run
-from lightning_rank.options import check_at_least, check_sizes
-from lightning_rank.preflight import ConfigError, check_group_size
+from lightning_rank.errors import (
+    ConfigError,
+    DataError,
+    DataFileError,
+    DataFileNotFoundError,
+    check_at_least,
+    check_group_size,
+    check_sizes,
+)
+from lightning_rank.text.excerpts import Excerpt, check_excerpt
+from lightning_rank.text.score_text import score_texts
 
 EVAL_STAGES = ("val", "test", "predict")
 _POSITIVE_OPTIONS = (
@@ -135,7 +139,7 @@ class RerankDataModule(pl.LightningDataModule):
             max_query_length: queries are kept whole up to this many tokens.
             excerpt: which part of a document longer than its share of ``max_length`` is read: ``first`` (its
                 start) or ``query_biased`` (its first sentence, then the sentences sharing the most query
-                terms, in document order; ``lightning_rank.excerpts``). Training and reranking alike.
+                terms, in document order; ``lightning_rank.text.excerpts``). Training and reranking alike.
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
             length_buckets: sort each batch's pairs by length and pad this many buckets separately (the
                 model scores them one after the other): less padding on passages of mixed lengths.

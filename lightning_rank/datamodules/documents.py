@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from lightning_rank.datamodules.collections import DataError, load_dataset
+from lightning_rank.datamodules.collections import load_dataset
+from lightning_rank.errors import DataError
 
 
 class DocumentLookup:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from lightning_rank.preflight import ConfigError
-from lightning_rank.templates import EncodedPair
+from lightning_rank.errors import ConfigError
+from lightning_rank.text.templates import EncodedPair
 
 
 def check_packing_options(packing: bool, length_buckets: int) -> None:

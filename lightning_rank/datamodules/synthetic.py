@@ -14,7 +14,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lightning_rank.tokenizers import VOCABULARY
+from lightning_rank.text.builtin_tokenizer import VOCABULARY
 
 SPLITS = ("train", "dev")
 

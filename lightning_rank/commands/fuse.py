@@ -19,16 +19,10 @@ from lightning_rank.datamodules.collections import (
     register_local,
     require_dataset,
 )
-from lightning_rank.metrics import (
-    DEFAULT_MEASURES,
-    Run,
-    check_replaceable,
-    evaluate_run,
-    parse_measures,
-    read_trec_run,
-    write_trec_run,
-)
-from lightning_rank.options import check_between
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import check_between
+from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
+from lightning_rank.runs import Run, check_replaceable, write_trec_run
 
 Normalization = Literal["zscore", "minmax"]
 GRID = tuple(i / 20 for i in range(21))  # 0.0, 0.05, ..., 1.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from lightning_rank.datamodules.collections import load_dataset
-from lightning_rank.metrics import DEFAULT_MEASURES, Run, evaluate_run, write_trec_run
+from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run
+from lightning_rank.runs import Run, write_trec_run
 
 
 def write_and_report(

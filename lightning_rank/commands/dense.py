@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from lightning_rank.commands.report import write_and_report
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
 from lightning_rank.datamodules.documents import run_texts
-from lightning_rank.metrics import Run, check_replaceable, read_trec_run
-from lightning_rank.options import check_sizes
-from lightning_rank.preflight import InputError
-from lightning_rank.run_report import write_and_report
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import InputError, check_sizes
+from lightning_rank.runs import Run, check_replaceable
 
 
 def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> Any:
@@ -30,7 +30,8 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
             "`lightning-rank dense` needs sentence-transformers: pip install -e '.[bench]' "
             "(or pip install sentence-transformers)"
         ) from err
-    from lightning_rank.backbones.hf import HubModelNotCachedError, resolve_source
+    from lightning_rank.backbones.hf import resolve_source
+    from lightning_rank.errors import HubModelNotCachedError
 
     try:
         source = resolve_source(model, "--model")

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_rank.excerpts import Excerpt, check_excerpt
+from lightning_rank.text.excerpts import Excerpt, check_excerpt
 
 
 @dataclasses.dataclass(frozen=True)

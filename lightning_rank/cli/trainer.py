@@ -18,13 +18,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
 from lightning_rank.callbacks.sigterm import StopOnSignal
-from lightning_rank.checkpoint_policy import is_url, read_checkpoint, settle_model_settings
-from lightning_rank.cuda_graphs import PACKING_CONFLICT, CudaGraphError, check_cuda_graphs
+from lightning_rank.cli.folder_lock import lock_checkpoint_folder
 from lightning_rank.datamodules import RerankDataModule
-from lightning_rank.folder_lock import lock_checkpoint_folder
-from lightning_rank.metrics import check_replaceable, write_metrics_file
-from lightning_rank.module import NonFiniteLossError, RerankerModule
-from lightning_rank.preflight import ConfigError
+from lightning_rank.errors import ConfigError, CudaGraphError, NonFiniteLossError
+from lightning_rank.reranker.checkpoints import is_url, read_checkpoint, settle_model_settings
+from lightning_rank.reranker.cuda_graphs import PACKING_CONFLICT, check_cuda_graphs
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.runs import check_replaceable, write_metrics_file
 
 OOM_HINT = (
     "out of GPU memory. Knobs, roughly in order: a smaller --data.batch_size (groups per step) or "

@@ -14,7 +14,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from lightning_rank.preflight import ConfigError
+from lightning_rank.errors import ConfigError
 
 _HELD: dict[Path, int] = {}  # folder -> descriptor of its lock file, open for the process's life
 

@@ -16,27 +16,11 @@ from typing import Any
 import yaml
 
 from lightning_rank.backbones.registry import check_backbone_name
+from lightning_rank.errors import ConfigError, check_group_size
 
 CONFIG_FLAGS = ("--config", "-c")
 # Syntax errors only: a tag jsonargparse resolves (or not) is left to the full parser.
 _YAML_SYNTAX_ERRORS = (yaml.scanner.ScannerError, yaml.parser.ParserError, yaml.composer.ComposerError)
-
-
-class InputError(Exception):
-    """Bad user input (a config, an option, a data file): the CLI prints the message alone and exits 2."""
-
-
-class ConfigError(InputError, ValueError):
-    """A config file or option that cannot be used as given."""
-
-
-def check_group_size(group_size: int) -> None:
-    """A training group is one positive and at least one negative, so ``group_size`` must be >= 2."""
-    if group_size < 2:
-        raise ConfigError(
-            f"data.group_size must be >= 2, got {group_size}: a training group is one positive and at least "
-            "one negative. Set data.group_size to 2 or more (8 by default: 1 positive + 7 negatives)."
-        )
 
 
 def config_paths(argv: Sequence[str]) -> list[str]:

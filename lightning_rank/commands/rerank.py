@@ -14,13 +14,14 @@ import time
 import torch
 from ir_datasets.formats import GenericScoredDoc
 
+from lightning_rank.commands.report import write_and_report
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
 from lightning_rank.datamodules.datamodule import ranked_scores
 from lightning_rank.datamodules.documents import run_texts
-from lightning_rank.datamodules.first_stage import score_texts
-from lightning_rank.metrics import Run, check_replaceable, read_trec_run
-from lightning_rank.preflight import InputError
-from lightning_rank.run_report import write_and_report
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import InputError
+from lightning_rank.runs import Run, check_replaceable
+from lightning_rank.text.score_text import score_texts
 
 
 def rerank(
@@ -54,7 +55,7 @@ def rerank(
         trust_remote_code: run Python code the export folder ships (its backbone config's ``auto_map``),
             when its ``reranker.json`` asks for it; read that code first. Off: such an export is refused.
     """
-    from lightning_rank.module import RerankerModule
+    from lightning_rank.reranker.module import RerankerModule
 
     if depth < 1 or batch_size < 1:
         raise InputError(f"--depth and --batch_size must be positive, got {depth} and {batch_size}")

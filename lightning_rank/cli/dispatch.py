@@ -13,40 +13,22 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
+
+from lightning_rank.commands.backbones import list_backbones
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 SIGINT_EXIT_STATUS = 130  # 128 + SIGINT (Ctrl-C)
 
 
-def list_backbones() -> int:
-    """Print one line per discovered backbone: name, distribution and version, object, load status."""
-    from lightning_rank.backbones.registry import available_backbones, load_all_backbones
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        entries = available_backbones()
-        outcome = load_all_backbones()
-    width = max((len(n) for n in entries), default=0)
-    for name, entry in sorted(entries.items()):
-        result = outcome[name]
-        status = "ok" if isinstance(result, type) else f"FAILED to load: {result}"
-        print(f"{name:<{width}}  {entry.origin:<22} {entry.value}  [{status}]")
-    for w in caught:
-        if "claimed by" in str(w.message):
-            print(f"warning: {w.message}", file=sys.stderr)
-    return 0
-
-
 FUNCTION_SUBCOMMANDS = {
-    "bm25": "lightning_rank.bm25:bm25",
-    "dense": "lightning_rank.dense:dense",
-    "export": "lightning_rank.export:export_checkpoint",
-    "fuse": "lightning_rank.fusion:fuse",
-    "rerank": "lightning_rank.rerank:rerank",
+    "bm25": "lightning_rank.commands.bm25:bm25",
+    "dense": "lightning_rank.commands.dense:dense",
+    "export": "lightning_rank.commands.export:export_checkpoint",
+    "fuse": "lightning_rank.commands.fuse:fuse",
+    "rerank": "lightning_rank.commands.rerank:rerank",
 }
 
 
@@ -57,7 +39,7 @@ def run_function_subcommand(name: str, args: Sequence[str]) -> int:
 
     from jsonargparse import auto_cli
 
-    from lightning_rank.preflight import InputError
+    from lightning_rank.errors import InputError
 
     module, _, function = FUNCTION_SUBCOMMANDS[name].partition(":")
     command = getattr(importlib.import_module(module), function)
@@ -77,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in FUNCTION_SUBCOMMANDS:
         return run_function_subcommand(argv[0], argv[1:])
 
-    from lightning_rank.backbones.registry import UnknownBackboneError
-    from lightning_rank.preflight import InputError, check_argv
+    from lightning_rank.cli.preflight import check_argv
+    from lightning_rank.errors import InputError, UnknownBackboneError
 
     try:
         check_argv(argv)
@@ -88,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lightning_rank.trainer_cli import run_trainer_cli
+    from lightning_rank.cli.trainer import run_trainer_cli
 
     try:
         with _clear_parse_errors(argv):
@@ -123,7 +105,7 @@ def _clear_parse_errors(argv: Sequence[str]) -> Iterator[None]:
     has no hook for this (its ``error_handler`` is deprecated), so its ``error`` is wrapped while we parse."""
     from jsonargparse import ArgumentParser
 
-    from lightning_rank.preflight import explain_unknown_keys
+    from lightning_rank.cli.preflight import explain_unknown_keys
 
     original = ArgumentParser.error
 

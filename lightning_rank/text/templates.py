@@ -6,10 +6,10 @@ Two styles cover the 2025 paper's defaults:
   EOS (causal LMs and SSMs, which pool the last real token).
 Templates that also show the reranker each candidate's first-stage score as text (Askari et al., ECIR 2023):
 ``"pair+score"`` (``[CLS] query [SEP] score [SEP] document [SEP]``) and strings with a ``{score}`` field; the
-data module renders the scores (``lightning_rank.datamodules.first_stage``).
+data module renders the scores (``lightning_rank.text.score_text``).
 Queries are kept whole up to ``max_query_length`` tokens; documents get what is left of ``max_length``: their
 start, or with ``excerpt="query_biased"`` the sentences that share most terms with the query
-(:mod:`lightning_rank.excerpts`).
+(:mod:`lightning_rank.text.excerpts`).
 A document far beyond ``max_length`` is cut to its first ``_CHARS_PER_TOKEN * max_length`` characters before
 tokenization (a 200,000-word document took 0.4 s to tokenize whole); the tokens kept are those of the whole
 text (see :func:`_encode_documents`).
@@ -24,7 +24,7 @@ from typing import Any
 from tokenizers import Encoding
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rank.excerpts import check_excerpt, query_biased_excerpts
+from lightning_rank.text.excerpts import check_excerpt, query_biased_excerpts
 
 PAIR = "pair"
 PAIR_WITH_SCORE = "pair+score"

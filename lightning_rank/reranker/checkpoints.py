@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning_rank.preflight import ConfigError, InputError
+from lightning_rank.errors import CheckpointError, ConfigError
 
 # backbone_args that change how the weights run, not what they are: the user's value is sound
 RUNTIME_BACKBONE_ARGS = frozenset(
@@ -34,10 +34,6 @@ ARCHITECTURE = frozenset({"backbone", "lora"})
 SAME_FOR_A_RESUME = frozenset({"frozen"})
 # code runs only when the user asks: a checkpoint's own value is never taken
 USER_ONLY_BACKBONE_ARGS = frozenset({"trust_remote_code"})
-
-
-class CheckpointError(InputError):
-    """A checkpoint that cannot be read safely, or at all: the CLI prints it and exits 2."""
 
 
 def is_url(path: str) -> bool:

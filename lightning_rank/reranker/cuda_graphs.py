@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from lightning_rank.errors import CudaGraphError
+
 __all__ = ["PACKING_CONFLICT", "CudaGraphError", "TrainingGraphs", "check_cuda_graphs"]
 
 ShapeKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
@@ -26,10 +28,6 @@ PACKING_CONFLICT = (
     "model.cuda_graphs needs a fixed set of input shapes, which data.packing does not give: set one of "
     "them (graphs work with data.length_buckets and data.pad_to_multiple_of)"
 )
-
-
-class CudaGraphError(RuntimeError):
-    """A forward could not be captured (it synchronises with the host) or graphs cannot run here."""
 
 
 def check_cuda_graphs(device: torch.device, strategy: object | None = None) -> None:

@@ -23,19 +23,15 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.backbones.registry import build_backbone
-from lightning_rank.checkpoint_policy import retune_resumed_optimizer
-from lightning_rank.cuda_graphs import PACKING_CONFLICT, TrainingGraphs, check_cuda_graphs
-from lightning_rank.excerpts import Excerpt
-from lightning_rank.finite_loss import FiniteLossGuard, LossOrigin
-from lightning_rank.input_format import InputFormat
-from lightning_rank.lora import LoraSettings, add_lora
+from lightning_rank.errors import NonFiniteLossError, check_at_least, check_sizes
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import DEFAULT_MEASURES, RankingMetrics, parse_measures
-from lightning_rank.options import check_at_least, check_sizes
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; raised before any checkpoint holds the damage."""
+from lightning_rank.reranker.checkpoints import retune_resumed_optimizer
+from lightning_rank.reranker.cuda_graphs import PACKING_CONFLICT, TrainingGraphs, check_cuda_graphs
+from lightning_rank.reranker.finite_loss import FiniteLossGuard, LossOrigin
+from lightning_rank.reranker.lora import LoraSettings, add_lora
+from lightning_rank.text.excerpts import Excerpt
+from lightning_rank.text.input_format import InputFormat
 
 
 class RerankerModule(pl.LightningModule):
@@ -349,9 +345,9 @@ class RerankerModule(pl.LightningModule):
 
     # -- inference without Lightning ------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Export backbone (its own format), tokenizer and head to ``folder`` (``lightning_rank.export``): a
-        new or empty folder, or an earlier export with ``overwrite``."""
-        from lightning_rank.export import export_reranker
+        """Export backbone (its own format), tokenizer and head to ``folder`` (:mod:`.export`): a new or
+        empty folder, or an earlier export with ``overwrite``."""
+        from lightning_rank.reranker.export import export_reranker
 
         return export_reranker(self, folder, overwrite)
 
@@ -361,7 +357,7 @@ class RerankerModule(pl.LightningModule):
     ) -> RerankerModule:
         """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode. Python files
         of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
-        from lightning_rank.export import load_reranker
+        from lightning_rank.reranker.export import load_reranker
 
         return load_reranker(folder, trust_remote_code, **backbone_overrides)
 

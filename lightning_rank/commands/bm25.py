@@ -14,16 +14,10 @@ import time
 import bm25s
 import Stemmer
 
-from lightning_rank.datamodules.collections import (
-    DataError,
-    LocalFiles,
-    load_dataset,
-    register_local,
-    require_dataset,
-)
-from lightning_rank.metrics import check_replaceable
-from lightning_rank.options import check_at_least, check_between
-from lightning_rank.run_report import write_and_report
+from lightning_rank.commands.report import write_and_report
+from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local, require_dataset
+from lightning_rank.errors import DataError, check_at_least, check_between
+from lightning_rank.runs import check_replaceable
 
 log = logging.getLogger(__name__)
 

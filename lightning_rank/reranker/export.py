@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import load_file, save_file
 
 from lightning_rank.backbones.registry import is_import_path
-from lightning_rank.input_format import InputFormat
-from lightning_rank.lora import merged_copy
-from lightning_rank.metrics import OutputError
-from lightning_rank.preflight import InputError
+from lightning_rank.errors import OutputError, UntrustedCodeError
+from lightning_rank.reranker.lora import merged_copy
+from lightning_rank.text.input_format import InputFormat
 
 if TYPE_CHECKING:
-    from lightning_rank.module import RerankerModule
+    from lightning_rank.reranker.module import RerankerModule
 
 FORMAT_VERSION = 1
 MANIFEST = "reranker.json"
@@ -44,10 +43,6 @@ HEAD = "head.safetensors"
 BACKBONE = "backbone"
 #: everything an export writes at its top level: a folder holding only these (manifest included) is one
 EXPORT_ENTRIES = frozenset({MANIFEST, BACKBONE, HEAD})
-
-
-class UntrustedCodeError(InputError, ValueError):
-    """An export that asks to run its own Python code, loaded without the caller's ``trust_remote_code``."""
 
 
 def is_export(folder: Path) -> bool:
@@ -179,7 +174,7 @@ def load_reranker(
 
     Python files of the folder (a backbone config's ``auto_map``) run only with ``trust_remote_code=True``
     from the caller: a manifest that asks for it without the caller's flag is refused, never obeyed."""
-    from lightning_rank.module import RerankerModule
+    from lightning_rank.reranker.module import RerankerModule
 
     folder = Path(folder).expanduser().resolve()
     manifest_path = folder / MANIFEST
@@ -242,29 +237,3 @@ def _untrusted_message(folder: Path, manifest_path: Path) -> str:
         "--trust_remote_code true to `lightning-rank rerank` (trust_remote_code=True to "
         "RerankerModule.from_pretrained)"
     )
-
-
-def export_checkpoint(ckpt_path: str, output: str, overwrite: bool = False) -> None:
-    """Export a Lightning checkpoint written by ``lightning-rank fit`` to a plain folder.
-
-    Args:
-        ckpt_path: the ``.ckpt`` file (loaded with ``weights_only=True``: no pickled code runs).
-        output: folder to write: a new or empty folder, or an earlier export (with ``overwrite``); any other
-            folder or file is refused, before the checkpoint is read. The folder appears complete.
-        overwrite: replace an earlier export at ``output``.
-    """
-    from lightning_rank.module import RerankerModule
-
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
-    check_export_target(output, overwrite)  # before the checkpoint loads: a wrong --output fails at once
-    module = RerankerModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    folder = export_reranker(module, output, overwrite)
-    trained = module.input_format
-    renders = (
-        f"scores pairs as its fit did: max_length {trained.max_length}, max_query_length "
-        f"{trained.max_query_length}, excerpt {trained.excerpt}"
-        if trained is not None
-        else "no fit settings recorded: score() uses its defaults"
-    )
-    print(f"exported {ckpt_path} to {folder}; {renders}")

@@ -28,7 +28,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from lightning_rank.preflight import InputError
+from lightning_rank.errors import DataFileError
+from lightning_rank.runs import Run
 
 Kind = Literal["documents", "queries", "qrels", "run", "docpairs"]
 Record = tuple
@@ -45,14 +46,6 @@ _JSON_EXAMPLE = {
     "documents": '{"_id": "d1", "title": "...", "text": "..."}',
     "queries": '{"_id": "q1", "text": "..."}',
 }
-
-
-class DataError(InputError, ValueError):
-    """Data that cannot be used as given (an empty corpus, nothing to train on or to rerank)."""
-
-
-class DataFileError(DataError):
-    """A local data file that cannot be read as given; the message names the file and, if it can, the line."""
 
 
 def not_utf8(path: str | os.PathLike, line: int, offset: int, byte: bytes) -> DataFileError:
@@ -444,3 +437,24 @@ def _save_cached(key: tuple, found: Checked) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(content, f)
         os.replace(tmp, target)
+
+
+def read_trec_run(path: str | os.PathLike[str]) -> Run:
+    """Read a TREC run file (``qid Q0 docid rank score [tag]``) into ``{qid: {docid: score}}``.
+
+    The rank column is ignored, as trec_eval does, but must be an integer. Every line is checked
+    (:func:`run_row`): a mistake, a document listed twice for one query or an
+    empty file raises :class:`~lightning_rank.errors.DataFileError` naming the file and line.
+    """
+    run: Run = {}
+    for lineno, (qid, did, value) in numbered_records(path, "run"):
+        docs = run.setdefault(qid, {})
+        if did in docs:
+            raise DataFileError(
+                f"{path}:{lineno}: document {did!r} appears twice for query {qid!r}; keep one line per "
+                "(query, document)"
+            )
+        docs[did] = value
+    if not run:
+        raise DataFileError(f"{path}: the run file holds no 'qid Q0 docid rank score tag' lines")
+    return run

@@ -1,0 +1,1 @@
+"""Subcommands that are one function each: bm25, dense, rerank, fuse, export, backbones."""

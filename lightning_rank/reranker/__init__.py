@@ -1,0 +1,1 @@
+"""The reranker: its LightningModule, what it trains with, and its export folder."""

@@ -1,0 +1,1 @@
+"""How a pair becomes text: templates, excerpts, input formats, first-stage scores as text, a tokenizer."""
