@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli
+from helpers import REPO, cli
+from helpers import TINIEST as TINY
 
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.reranker import export as export_mod
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.runs import atomic_write_lines, write_trec_run
-
-TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.collate import PairCollator

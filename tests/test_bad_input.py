@@ -10,21 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, cli
+from helpers import DEMO, cli, stub_backbone
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.cli.preflight import check_argv
 from lightning_rank.errors import ConfigError
 from lightning_rank.text.templates import PairTemplate
-
-DEMO = str(REPO / "configs" / "demo.yaml")
-
-
-def stub_backbone() -> SimpleNamespace:
-    return SimpleNamespace(tokenizer=load_tokenizer("builtin:words"), template=PairTemplate())
 
 
 def output_folder(root: Path) -> Path:

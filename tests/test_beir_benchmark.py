@@ -7,15 +7,10 @@ import subprocess
 import sys
 
 import yaml
-from conftest import REPO, tiny_bi_encoder
+from helpers import REPO, TINY_BERT, tiny_bi_encoder
 
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
-
-TINY_BERT = {
-    "tokenizer": "builtin:words",
-    "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-}
 
 
 def test_beir_benchmark_runs_bm25_teacher_fit_rerank_and_reports(tmp_path):

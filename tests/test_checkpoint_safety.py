@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli
+from helpers import DEMO, REPO, cli
 
 from lightning_rank.cli import main
 from lightning_rank.cli.folder_lock import lock_path, release_checkpoint_folder
 from lightning_rank.reranker.checkpoints import settle_model_settings
 
-DEMO = str(REPO / "configs" / "demo.yaml")
 QUIET = ("--trainer.enable_progress_bar", "false")
 # the demo config has no test split: `test` scores its dev split
 DATA = {"test": ("--data.test_dataset", "lightning-rank/demo/dev"),

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import ir_measures
 import pytest
 import torch
-from conftest import REPO
+from helpers import DEMO, GRU, plugin_installed
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.files import read_trec_run
-
-DEMO = str(REPO / "configs" / "demo.yaml")
-GRU = ["--model.backbone", "gru", "--model.backbone_args", '{tokenizer: "builtin:words", hidden_size: 32}']
-
-
-def plugin_installed() -> bool:
-    try:
-        distribution("lightning-rank-gru")
-    except PackageNotFoundError:
-        return False
-    return True
 
 
 def quick(tmp_path: Path, *extra: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, cli
+from helpers import DEMO, cli
 
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.errors import CudaGraphError
@@ -22,7 +22,6 @@ from lightning_rank.reranker.cuda_graphs import TrainingGraphs, check_cuda_graph
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.text.templates import EncodedPair
 
-DEMO = str(REPO / "configs" / "demo.yaml")
 CUDA = torch.cuda.is_available()
 TINY = {
     "mamba1": {"config": {"d_model": 64, "n_layer": 2}},

@@ -3,9 +3,7 @@ metrics equal the single-process values on the same checkpoint and run."""
 
 from __future__ import annotations
 
-from conftest import REPO, cli, last_val_metrics
-
-DEMO = str(REPO / "configs" / "demo.yaml")
+from helpers import DEMO, cli, last_val_metrics
 
 
 def test_ddp_validation_equals_single_process(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import time
 
-from conftest import REPO, cli
+from helpers import REPO, cli
 
 
 def test_demo_trains_from_chance_to_near_perfect(tmp_path):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli, tiny_bi_encoder
+from helpers import cli, tiny_bi_encoder
 
 from lightning_rank.commands.dense import dense, load_bi_encoder
 from lightning_rank.datamodules.collections import load_dataset, register_local

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, cli
+from helpers import DOC, FILLER, FIRST, LATE, QUERY, REPO, cli
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.datamodules import RerankDataModule
@@ -17,11 +17,6 @@ from lightning_rank.text.excerpts import query_biased_excerpts, segments
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR, PairTemplate
 
 TOK = load_tokenizer("builtin:words")
-QUERY = "zuzu bibi"
-FIRST = "baba bebe."
-FILLER = " ".join(["kavo"] * 9) + "."
-LATE = "lilo zuzu bibi momo."
-DOC = " ".join([FIRST, *[FILLER] * 6, LATE])  # the query's terms are in its last sentence only
 
 
 def count_tokens(texts: list[str]) -> list[int]:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import ir_measures
 import pytest
-from conftest import cli
+from helpers import cli
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.commands.bm25 import bm25, bm25_run

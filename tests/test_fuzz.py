@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning.pytorch  # noqa: F401  (its console handler then writes to the session's stderr, not a test's capsys)
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 SEED = 21
 READER_CASES = 320

@@ -9,9 +9,8 @@ import warnings
 
 import pytest
 import torch
-from conftest import TRAINED_SETTINGS as SETTINGS
-from test_cli import DEMO
-from test_excerpts import DOC, QUERY
+from helpers import DEMO, DOC, QUERY
+from helpers import TRAINED_SETTINGS as SETTINGS
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules import RerankDataModule

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, cli
+from helpers import DEMO, cli, stub_backbone, tsv_collection
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.cli import main
@@ -17,8 +16,6 @@ from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.errors import ConfigError
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.text.templates import PairTemplate
-
-DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 @pytest.mark.parametrize(
@@ -103,25 +100,12 @@ def test_fit_with_an_option_out_of_range_exits_2_without_a_traceback(tmp_path, o
 
 
 # -- data.max_length too short for the template: no document token left -------------------------------------
-def budget_collection(root: Path) -> dict:
-    """TSV docs p0..p9; queries 0-2 are one word ("kavo"), 3-5 three words; a run of 4 per query."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "docs.tsv").write_text("".join(f"p{d}\tkavo passage {d}\n" for d in range(10)))
-    texts = ["kavo"] * 3 + [f"kavo question {q}" for q in range(3, 6)]
-    (root / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in enumerate(texts)))
-    (root / "qrels.txt").write_text("".join(f"{q} 0 p{q} 1\n" for q in range(6)))
-    (root / "run.trec").write_text("".join(f"{q} Q0 p{(q + k) % 10} {k + 1} {9 - k} bm25\n"
-                                           for q in range(6) for k in range(4)))  # fmt: skip
-    return {"docs": str(root / "docs.tsv"), "queries": str(root / "queries.tsv"),
-            "qrels": {"dev": str(root / "qrels.txt")}, "runs": {"dev": str(root / "run.trec")}}  # fmt: skip
-
-
 def budget_module(name: str, root: Path, **kwargs) -> RerankDataModule:
     dm = RerankDataModule(
-        local_collections={name: budget_collection(root)}, val_dataset=f"{name}/dev", **kwargs
+        local_collections={name: tsv_collection(root, n_docs=10)}, val_dataset=f"{name}/dev", **kwargs
     )
     # the causal template "document: {document}; query: {query}" + EOS: 6 tokens of the word tokenizer
-    dm.use_backbone(SimpleNamespace(tokenizer=load_tokenizer("builtin:words"), template=PairTemplate()))
+    dm.use_backbone(stub_backbone())
     return dm
 
 

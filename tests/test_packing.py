@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, last_val_metrics
-from test_cli import GRU
-from test_hf_backbones import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY
+from helpers import DEMO, DOCUMENTS, GRU, NAMES, NO_DROPOUT, QUERIES, TINY, last_val_metrics
 
 from lightning_rank.backbones.mamba import backbone as mamba_backbone
 from lightning_rank.cli import main
@@ -22,9 +20,6 @@ from lightning_rank.datamodules.packing import best_rows, pack, pack_rows
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
 from lightning_rank.errors import ConfigError
 from lightning_rank.reranker.module import RerankerModule
-
-DEMO = str(REPO / "configs" / "demo.yaml")
-
 
 MAMBA = {
     "mamba1": {"d_model": 32, "n_layer": 2},

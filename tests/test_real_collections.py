@@ -11,23 +11,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from conftest import REPO
+from helpers import REPO, TINY_BERT, stub_backbone, tsv_collection
 
-from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.cli import main
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
 from lightning_rank.errors import DataError, DataFileError
-from lightning_rank.text.templates import CAUSAL_TEMPLATE, PairTemplate
+from lightning_rank.text.templates import CAUSAL_TEMPLATE
 
-TINY_BERT = {
-    "tokenizer": "builtin:words",
-    "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-}
 # queries BM25 finds no term of (after stopwords, punctuation and one-letter words are dropped)
 TERMLESS = {"stop": "is the of and a", "punct": "?! ... -- (;)", "empty": "", "mm": "M&M's"}
 UNKNOWN_WORD = "zyzzyva"  # a single word no document holds
@@ -150,25 +144,6 @@ def test_beir_benchmark_refuses_a_name_that_ir_datasets_has(odd_folder, tmp_path
 
 
 # -- wrong answers with exit 0: duplicate run lines, evaluation without a positive ------------------------
-def stub_backbone(template: str = CAUSAL_TEMPLATE) -> SimpleNamespace:
-    return SimpleNamespace(tokenizer=load_tokenizer("builtin:words"), template=PairTemplate(template))
-
-
-def small_collection(root: Path, qrels: list[str] | None = None, run: list[str] | None = None) -> dict:
-    """TSV docs p0..p19, queries 0..5 (0-2: one word, 3-5: three words) whose positive is p<q>, a run of
-    4 candidates per query; ``qrels`` and ``run`` lines replace the defaults."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "docs.tsv").write_text("".join(f"p{d}\tkavo passage {d}\n" for d in range(20)))
-    texts = ["kavo"] * 3 + [f"kavo question {q}" for q in range(3, 6)]
-    (root / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in enumerate(texts)))
-    qrels = qrels or [f"{q} 0 p{q} 1" for q in range(6)]
-    run = run or [f"{q} Q0 p{(q + k) % 20} {k + 1} {9 - k} bm25" for q in range(6) for k in range(4)]
-    (root / "qrels.txt").write_text("\n".join(qrels) + "\n")
-    (root / "run.trec").write_text("\n".join(run) + "\n")
-    return {"docs": str(root / "docs.tsv"), "queries": str(root / "queries.tsv"),
-            "qrels": {"dev": str(root / "qrels.txt")}, "runs": {"dev": str(root / "run.trec")}}  # fmt: skip
-
-
 def eval_module(name: str, files: dict, template: str = CAUSAL_TEMPLATE, **kwargs) -> RerankDataModule:
     dm = RerankDataModule(local_collections={name: files}, val_dataset=f"{name}/dev", **kwargs)
     dm.use_backbone(stub_backbone(template))
@@ -182,7 +157,7 @@ def console(caplog) -> list[str]:
 def test_a_run_listing_a_document_twice_for_a_query_is_refused_with_its_line(tmp_path):
     run = [f"{q} Q0 p{(q + k) % 20} {k + 1} {9 - k} bm25" for q in range(6) for k in range(4)]
     run.insert(3, "0 Q0 p1 9 0.5 bm25")  # line 4: p1 again for query 0, with another score
-    files = small_collection(tmp_path, run=run)
+    files = tsv_collection(tmp_path, run=run)
     with pytest.raises(DataFileError, match=rf"^{tmp_path / 'run.trec'}:4: document 'p1' is listed twice for "
                                             r"query '0'.*remove the later line"):  # fmt: skip
         eval_module("dup-eval", files).setup("validate")
@@ -199,13 +174,13 @@ def test_a_repeat_in_another_block_of_the_query_is_found_in_its_top_depth(tmp_pa
     run.append("0 Q0 p2 5 0.1 bm25")  # query 0 again after the other queries: p2 is in its top 4
     given = tmp_path / "given.trec"
     given.write_text("\n".join(run) + "\n")
-    dm = eval_module("dup-block", small_collection(tmp_path), val_run=str(given))
+    dm = eval_module("dup-block", tsv_collection(tmp_path), val_run=str(given))
     with pytest.raises(DataFileError, match=rf"^{given}:25: document 'p2' is listed twice for query '0'"):
         dm.setup("validate")
 
 
 def test_an_evaluation_without_a_relevant_document_is_refused(tmp_path):
-    files = small_collection(tmp_path, qrels=[f"{q} 0 p{q} 0" for q in range(6)])
+    files = tsv_collection(tmp_path, qrels=[f"{q} 0 p{q} 0" for q in range(6)])
     expected = (
         r"none of the 6 queries data\.val_dataset reranks has a relevant document in its qrels \(6 are judged"
     )
@@ -215,7 +190,7 @@ def test_an_evaluation_without_a_relevant_document_is_refused(tmp_path):
 
 def test_queries_without_a_relevant_document_are_counted(tmp_path, caplog):
     grades = [2, 1, 0, 1, 0, 1]  # graded qrels: 2 of the 6 queries judge their only document 0
-    files = small_collection(tmp_path, qrels=[f"{q} 0 p{q} {g}" for q, g in enumerate(grades)])
+    files = tsv_collection(tmp_path, qrels=[f"{q} 0 p{q} {g}" for q, g in enumerate(grades)])
     with caplog.at_level(logging.WARNING):
         eval_module("some-positive", files).setup("validate")
     (warning,) = [m for m in console(caplog) if "relevant" in m]

@@ -5,22 +5,14 @@ from __future__ import annotations
 import sys
 import textwrap
 import time
-from importlib.metadata import distribution
 
 import pytest
+from helpers import plugin_installed
 
 from lightning_rank.backbones import registry
 from lightning_rank.backbones.base import Backbone
 
 BUILTINS = ("mamba1", "mamba2", "bert", "roberta", "pythia", "llama")
-
-
-def _plugin_installed() -> bool:
-    try:
-        distribution("lightning-rank-gru")
-    except Exception:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -59,7 +51,7 @@ def test_unknown_name_lists_available_and_suggests(fresh_registry):
 
 
 def test_import_path_names_a_backbone_class(fresh_registry):
-    cls = registry.get_backbone_class("lightning_rank_gru:GRUBackbone") if _plugin_installed() else None
+    cls = registry.get_backbone_class("lightning_rank_gru:GRUBackbone") if plugin_installed() else None
     if cls is None:
         pytest.skip("example plugin not installed")
     assert issubclass(cls, Backbone)
@@ -100,7 +92,7 @@ def test_cli_lists_builtins_and_reports_broken_plugin(tmp_path, run_cli):
         assert "[ok]" in lines[names.index(name)]
     broken = lines[names.index("broken")]
     assert "broken-plugin" in broken and "FAILED" in broken and "nope" in broken
-    if _plugin_installed():
+    if plugin_installed():
         gru = lines[names.index("gru")]
         assert "lightning-rank-gru" in gru and "lightning_rank_gru:GRUBackbone" in gru and "[ok]" in gru
 

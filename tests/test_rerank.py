@@ -5,8 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from conftest import TRAINED_SETTINGS
-from test_cli import DEMO
+from helpers import DEMO, TRAINED_SETTINGS
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.files import read_trec_run

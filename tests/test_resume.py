@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli
+from helpers import DEMO, REPO, cli
 
 from lightning_rank.reranker.module import RerankerModule, _rng_states, _set_rng_states
 
-DEMO = str(REPO / "configs" / "demo.yaml")
 STEPS = 48
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO
+from helpers import DEMO
+from helpers import TINIEST as TINY
 
 from lightning_rank.callbacks import TrecRunWriter
 from lightning_rank.cli import main
@@ -20,8 +21,6 @@ from lightning_rank.reranker.export import EXPORT_ENTRIES, export_reranker, is_e
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.runs import write_metrics_file, write_trec_run
 
-DEMO = str(REPO / "configs" / "demo.yaml")
-TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 EARLIER_RUN = "q1 Q0 d1 1 2.5 earlier\nq1 Q0 d2 2 1.5 earlier\n"
 
 

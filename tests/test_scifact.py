@@ -7,7 +7,7 @@ import json
 import ir_measures
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, cli
+from helpers import REPO, SHARED_DATA, cli
 
 from lightning_rank.cli import main
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, cli
+from helpers import DEMO, REPO, cli
 from lightning.pytorch.callbacks import Callback
 
 from lightning_rank.cli import main
 
-DEMO = str(REPO / "configs" / "demo.yaml")
 STEPS = 24
 
 

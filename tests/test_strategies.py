@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, cli, last_val_metrics
+from helpers import DEMO, REPO, cli, last_val_metrics
 from lightning.pytorch import seed_everything
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
@@ -26,7 +26,6 @@ from lightning_rank.strategies import BackboneFSDPStrategy, backbone_block_class
 FSDP = str(REPO / "configs" / "strategy" / "fsdp.yaml")
 FSDP2 = str(REPO / "configs" / "strategy" / "fsdp2.yaml")
 DDP = str(REPO / "configs" / "strategy" / "ddp.yaml")
-DEMO = str(REPO / "configs" / "demo.yaml")
 
 TINY_ARGS = {
     "mamba1": {"config": {"d_model": 32, "n_layer": 2}},

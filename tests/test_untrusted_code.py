@@ -8,7 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import cli, tiny_bi_encoder
+from helpers import TINIEST as TINY
+from helpers import cli, tiny_bi_encoder
 
 from lightning_rank.cli import main
 from lightning_rank.datamodules.collections import load_dataset
@@ -17,7 +18,6 @@ from lightning_rank.errors import UntrustedCodeError
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.runs import write_trec_run
 
-TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 MARKER_VARIABLE = "LIGHTNING_RANK_TEST_CODE_RAN"
 # imported, it leaves a file behind: the proof that the folder's code ran
 SIDE_EFFECT = f"""
