@@ -6,7 +6,6 @@ real (non-pad) tokens says how fast the data actually goes through; both are rep
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,8 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
+
+from lightning_rank.callbacks.step_timing import Intervals, Mark, StepClock, device_now, seconds
 
 __all__ = ["TokensPerSecond"]
 
@@ -44,77 +45,6 @@ def _batch_counts(batch: Any) -> tuple[int, int, int] | None:
     if isinstance(mask, Tensor) and mask.dim() >= 2:
         return int(mask.sum()), mask.numel(), mask.numel() // mask.shape[-1]
     return None
-
-
-#: A point in time: ``time.perf_counter()`` seconds, or a CUDA event recorded on the current stream (read back
-#: only when a rate is computed, so that measuring adds no host-device synchronisation to the step).
-_Mark = float | torch.cuda.Event
-
-
-def _seconds(start: _Mark, end: _Mark) -> float:
-    """Seconds from ``start`` to ``end``, strictly positive (as Throughput requires)."""
-    if isinstance(start, float) and isinstance(end, float):
-        seconds = end - start
-    else:
-        end.synchronize()  # only waits when the GPU has not reached `end` yet
-        seconds = start.elapsed_time(end) / 1000.0
-    return max(seconds, 1e-9)
-
-
-class _Clock:
-    """Measured time of one loop: the sum of batch-end to batch-end intervals, less warm-up steps and pauses.
-
-    An interval starts at the end of the previous batch (so data loading counts) or, right after a pause
-    (validation inside fit, an epoch boundary, the start), at the start of the batch, so time spent outside
-    the loop's own batches never counts. Steps that are not measured add neither time nor tokens.
-    """
-
-    def __init__(self, warmup_steps: int) -> None:
-        self.warmup_steps = warmup_steps
-        self.steps = 0
-        self._last: _Mark | None = None
-
-    @property
-    def paused(self) -> bool:
-        return self._last is None
-
-    def pause(self) -> None:
-        self._last = None
-
-    def start(self, now: _Mark) -> None:
-        if self._last is None:
-            self._last = now
-
-    def stop(self, now: _Mark) -> tuple[_Mark, _Mark] | None:
-        """Ends a batch at ``now``; its interval ``(start, end)`` when it is measured, else None.
-
-        The decision depends only on step counts and pauses, never on timing, so all ranks agree on it.
-        """
-        self.steps += 1
-        last, self._last = self._last, now
-        if last is None or self.steps <= self.warmup_steps:
-            return None
-        return last, now
-
-
-class _Intervals:
-    """A sum of measured intervals, read back lazily: old ones (long done on the GPU) in chunks, the rest at
-    the end, so a long evaluation neither synchronises per batch nor holds an event per batch."""
-
-    def __init__(self) -> None:
-        self._done = 0.0
-        self._open: list[tuple[_Mark, _Mark]] = []
-
-    def add(self, interval: tuple[_Mark, _Mark]) -> None:
-        self._open.append(interval)
-        if len(self._open) >= 256:
-            old, self._open = self._open[:128], self._open[128:]
-            self._done += sum(_seconds(*i) for i in old)
-
-    def seconds(self) -> float:
-        self._done += sum(_seconds(*i) for i in self._open)
-        self._open = []
-        return self._done
 
 
 class TokensPerSecond(Callback):
@@ -177,14 +107,14 @@ class TokensPerSecond(Callback):
         self._flops_cache: dict[int, float] = {}
         self._warned: set[str] = set()
         # training state, reset in on_train_start
-        self._clock = _Clock(warmup_steps)
-        self._pending: deque[tuple[tuple[_Mark, _Mark], list[int]]] = deque(maxlen=window_size + 1)
+        self._clock = StepClock(warmup_steps)
+        self._pending: deque[tuple[tuple[Mark, Mark], list[int]]] = deque(maxlen=window_size + 1)
         self._elapsed = 0.0  # measured training seconds so far
         self._totals = [0, 0, 0, 0]  # measured batches, real tokens, padded tokens, sequences (all ranks)
         self._real = Throughput(window_size=window_size + 1)
         self._padded = Throughput(window_size=window_size + 1)
         # evaluation state per stage: clock, local [real, padded, sequences], measured intervals
-        self._eval: dict[RunningStage, tuple[_Clock, list[int], _Intervals]] = {}
+        self._eval: dict[RunningStage, tuple[StepClock, list[int], Intervals]] = {}
 
     # ---------------------------------------------------------------- setup
 
@@ -206,16 +136,6 @@ class TokensPerSecond(Callback):
         if key not in self._warned:
             self._warned.add(key)
             rank_zero_warn(message)
-
-    def _now(self, trainer: Trainer) -> _Mark:
-        """Now, as the device sees it: on CUDA an event that completes when the queued kernels have run
-        (reading the host clock would time the launches, and synchronising would stall the host)."""
-        device = trainer.strategy.root_device
-        if device.type == "cuda":
-            event = torch.cuda.Event(enable_timing=True)
-            event.record(torch.cuda.current_stream(device))
-            return event
-        return time.perf_counter()
 
     def _counts(self, batch: Any) -> tuple[int, int, int] | None:
         counts = _batch_counts(batch)
@@ -244,7 +164,7 @@ class TokensPerSecond(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Throughput differences against the window's first point, so W batches need W + 1 points
         window = self.window_size + 1
-        self._clock = _Clock(self.warmup_steps)
+        self._clock = StepClock(self.warmup_steps)
         self._pending = deque(maxlen=window)
         self._elapsed = 0.0
         self._totals = [0, 0, 0, 0]
@@ -261,7 +181,7 @@ class TokensPerSecond(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._log_every(trainer) and self._clock.paused:
-            self._clock.start(self._now(trainer))
+            self._clock.start(device_now(trainer.strategy.root_device))
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -269,7 +189,7 @@ class TokensPerSecond(Callback):
         every = self._log_every(trainer)
         if not every:
             return
-        now = self._now(trainer)
+        now = device_now(trainer.strategy.root_device)
         counts = self._counts(batch)
         if counts is None:
             self._clock.pause()
@@ -303,7 +223,7 @@ class TokensPerSecond(Callback):
             local = torch.tensor(rows, dtype=torch.int64, device=trainer.strategy.root_device)
             rows = trainer.strategy.reduce(local, reduce_op="sum").tolist()
         for (interval, _), (real, padded, sequences, flops) in zip(self._pending, rows, strict=True):
-            self._elapsed += _seconds(*interval)
+            self._elapsed += seconds(*interval)
             elapsed = self._elapsed
             totals = self._totals
             totals[0] += 1
@@ -350,19 +270,19 @@ class TokensPerSecond(Callback):
             self._clock.pause()  # validation time is not training time
         stage = trainer.state.stage
         if stage in _EVAL_PREFIX:
-            self._eval[stage] = (_Clock(self.warmup_steps), [0, 0, 0], _Intervals())
+            self._eval[stage] = (StepClock(self.warmup_steps), [0, 0, 0], Intervals())
 
     def _eval_batch_start(self, trainer: Trainer) -> None:
         state = self._eval.get(trainer.state.stage)  # type: ignore[arg-type]
         if state is not None and not trainer.sanity_checking and state[0].paused:
-            state[0].start(self._now(trainer))
+            state[0].start(device_now(trainer.strategy.root_device))
 
     def _eval_batch_end(self, trainer: Trainer, batch: Any) -> None:
         state = self._eval.get(trainer.state.stage)  # type: ignore[arg-type]
         if state is None or trainer.sanity_checking:
             return
         clock, totals, intervals = state
-        now = self._now(trainer)
+        now = device_now(trainer.strategy.root_device)
         counts = self._counts(batch)
         if counts is None:
             clock.pause()
