@@ -180,6 +180,7 @@ def _train(name: str, graphs: bool, bf16: bool = False, steps: int = 4, accumula
     return module, losses
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("name", list(TINY))
 def test_graphed_training_equals_eager_training(name: str) -> None:
@@ -202,6 +203,7 @@ def test_graphed_training_equals_eager_training(name: str) -> None:
         assert error <= 4 * noise + 1e-5 * (1 + value.abs().max().item()), (key, error, noise)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("name", ["mamba1", "mamba2"])
 def test_graphed_training_under_bf16_autocast_tracks_eager(name: str) -> None:
@@ -210,6 +212,7 @@ def test_graphed_training_under_bf16_autocast_tracks_eager(name: str) -> None:
     assert graphed_losses == pytest.approx(eager_losses, rel=2e-2, abs=1e-3)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 def test_cli_fit_with_cuda_graphs_matches_eager_fit(tmp_path: Path) -> None:
     common = [

@@ -621,6 +621,7 @@ def test_kernel_path_plumbing_with_reference_kernels_on_cpu(
         torch.testing.assert_close(results[0][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA and mamba_ssm + causal_conv1d")
 @pytest.mark.parametrize(("cls", "overrides"), CASES)
 def test_kernel_path_matches_torch_path_bf16(cls: type[_MambaBackbone], overrides: dict) -> None:
@@ -652,6 +653,7 @@ def test_kernel_path_matches_torch_path_bf16(cls: type[_MambaBackbone], override
         assert rel(kernel_grads[name], reference) <= bound, name
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA and mamba_ssm + causal_conv1d")
 def test_kernel_path_is_padding_invariant() -> None:
     for cls in BACKBONES:

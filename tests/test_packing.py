@@ -115,6 +115,7 @@ def assert_packed_equals_padded(model: RerankerModule) -> None:
         torch.testing.assert_close(packed_grads[key], grad, atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", NAMES)
 def test_packed_scores_on_cuda_in_bf16_track_padded_ones(name: str) -> None:

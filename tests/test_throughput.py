@@ -193,7 +193,11 @@ def fit(
 
 
 GPU = pytest.param(
-    "gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-event clock needs a GPU")
+    "gpu",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-event clock needs a GPU"),
+    ],
 )
 
 
