@@ -20,9 +20,10 @@ from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWr
 from lightning_rank.callbacks.sigterm import StopOnSignal
 from lightning_rank.cli.folder_lock import lock_checkpoint_folder
 from lightning_rank.datamodules import RerankDataModule
+from lightning_rank.datamodules.compatibility import check_model_fits_data
 from lightning_rank.errors import ConfigError, CudaGraphError, NonFiniteLossError
 from lightning_rank.reranker.checkpoints import is_url, read_checkpoint, settle_model_settings
-from lightning_rank.reranker.cuda_graphs import PACKING_CONFLICT, check_cuda_graphs
+from lightning_rank.reranker.cuda_graphs import check_cuda_graphs
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.runs import check_replaceable, write_metrics_file
 
@@ -33,27 +34,6 @@ OOM_HINT = (
     "--trainer.accumulate_grad_batches N to keep the effective batch, or sharding with "
     "--config configs/strategy/fsdp.yaml"
 )
-
-
-def check_loss_fits_data(model: Any, datamodule: Any) -> None:
-    """A distillation loss without ``data.teacher_run``, or groups smaller than the loss needs, fail here in a
-    second with the option to set, not at the first training step after minutes of reading data."""
-    loss, data = getattr(model, "loss", None), getattr(datamodule, "hparams", None)
-    if loss is None or data is None or "teacher_run" not in data:
-        return
-    name = type(loss).__name__
-    if getattr(loss, "needs_teacher", False) and not data.get("teacher_run"):
-        raise ConfigError(
-            f"model.loss {name} distils a teacher but data.teacher_run is not set: pass --data.teacher_run "
-            "<TREC run scoring the training candidates> (e.g. `lightning-rank bm25` on the training queries, "
-            "with --data.teacher_missing lowest for a truncated run), or pick a loss without a teacher"
-        )
-    needed = getattr(loss, "min_group_size", 1)
-    if data.get("group_size", needed) < needed:
-        raise ConfigError(
-            f"model.loss {name} needs groups of at least {needed} documents, got data.group_size "
-            f"{data['group_size']}: set --data.group_size {needed} or more"
-        )
 
 
 class LightningRankCLI(LightningCLI):
@@ -190,7 +170,7 @@ class LightningRankCLI(LightningCLI):
         root = trainer_config.get("default_root_dir") or os.getcwd()
         every = self._get(self.config_init, "checkpoint_every_n_steps", default=0) or 0
         if every < 0:
-            raise ValueError(f"--checkpoint_every_n_steps must be >= 0, got {every}")
+            raise ConfigError(f"--checkpoint_every_n_steps must be >= 0, got {every}")
         return ModelCheckpoint(
             dirpath=os.path.join(str(root), "checkpoints"), save_last=True, every_n_train_steps=every or None
         )
@@ -198,10 +178,12 @@ class LightningRankCLI(LightningCLI):
     def _flag(self, name: str) -> bool:
         return bool(self.config[self.subcommand].get(name, False))
 
-    def _check_packing(self) -> None:
-        """A backbone that cannot pack fails before any data is read (the collator checks again)."""
-        if isinstance(self.datamodule, RerankDataModule):
-            self.datamodule.check_packing(self.model.backbone)
+    def _check_model_fits_data(self) -> None:
+        """Every model x data rule (``datamodules/compatibility.py``), in a second and before any data is
+        read, not at the first step after minutes of reading (``RerankDataModule.setup`` checks again)."""
+        data = getattr(self.datamodule, "hparams", None)
+        if data is not None:
+            check_model_fits_data(self.model, data, self.subcommand)
 
     def _check_ckpt_path_last(self) -> None:
         """``--ckpt_path last`` with no checkpoint: validate/test/predict refuse (Lightning would score an
@@ -231,7 +213,7 @@ class LightningRankCLI(LightningCLI):
 
     def _before_evaluation(self) -> None:
         self._check_ckpt_path_last()
-        self._check_packing()
+        self._check_model_fits_data()
 
     before_validate = before_test = before_predict = _before_evaluation
 
@@ -246,11 +228,8 @@ class LightningRankCLI(LightningCLI):
     def before_fit(self) -> None:
         self._lock_checkpoint_folders()
         self._check_ckpt_path_last()
-        check_loss_fits_data(self.model, self.datamodule)  # before any data is read
-        self._check_packing()
+        self._check_model_fits_data()
         if self.model.hparams.get("cuda_graphs"):  # before any data is read or model moved
-            if self.datamodule.hparams.get("packing"):
-                raise ConfigError(PACKING_CONFLICT)
             check_cuda_graphs(self.trainer.strategy.root_device, self.trainer.strategy)
         if self._flag("validate_before_fit"):
             if isinstance(self.trainer.strategy, FSDPStrategy):

@@ -17,17 +17,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from lightning_rank.datamodules.compatibility import PACKING_CONFLICT
 from lightning_rank.errors import CudaGraphError
 
 __all__ = ["PACKING_CONFLICT", "CudaGraphError", "TrainingGraphs", "check_cuda_graphs"]
 
 ShapeKey = tuple[tuple[tuple[int, ...], torch.dtype], ...]
-
-
-PACKING_CONFLICT = (
-    "model.cuda_graphs needs a fixed set of input shapes, which data.packing does not give: set one of "
-    "them (graphs work with data.length_buckets and data.pad_to_multiple_of)"
-)
 
 
 def check_cuda_graphs(device: torch.device, strategy: object | None = None) -> None:
