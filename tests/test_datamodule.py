@@ -8,19 +8,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import stub_backbone
 
 from lightning_rank.backbones.base import load_tokenizer
 from lightning_rank.datamodules import RerankDataModule, register_beir_folder
 from lightning_rank.datamodules.groups import build_training_index
 from lightning_rank.datamodules.stream import ResumableLoader
 from lightning_rank.errors import DataError
-from lightning_rank.text.templates import PairTemplate
 
 WORDS = load_tokenizer("builtin:words")
-
-
-def stub_backbone() -> SimpleNamespace:
-    return SimpleNamespace(tokenizer=load_tokenizer("builtin:words"), template=PairTemplate())
 
 
 def write_collection(root: Path, n_queries: int = 24, n_docs: int = 60) -> Path:
@@ -255,7 +251,7 @@ def test_a_truncated_first_stage_teacher_fills_its_missing_positives_with_the_lo
 
 
 def test_run_top_k_is_bounded_and_breaks_ties_like_trec_eval():
-    from lightning_rank.datamodules.datamodule import _ranked
+    from lightning_rank.datamodules.first_stage_runs import ranked as _ranked
 
     scored = [("a", 1.0), ("b", 3.0), ("c", 3.0), ("d", 0.5), ("e", 2.0)]
     rows = [SimpleNamespace(query_id="q1", doc_id=d, score=s) for d, s in scored]

@@ -204,9 +204,9 @@ def test_crlf_bom_and_blank_lines_read_as_the_plain_files(tmp_path, capsys):
 
 def test_real_beir_folder_is_read_and_checked_once(tmp_path, monkeypatch):
     """SciFact as BEIR ships it (CRLF qrels with a header): read whole, then served from the cached check."""
-    from conftest import SHARED_DATA
+    from helpers import SHARED_DATA
 
-    from lightning_rank.datamodules import files as data_files
+    from lightning_rank.datamodules import file_checks as data_files
 
     scifact = SHARED_DATA / "scifact"
     if not (scifact / "corpus.jsonl").is_file():

@@ -8,54 +8,36 @@ and pairs whose template and query leave ``max_length`` no document token are co
 Input that leaves nothing to do or that has no single reading is an error: no trainable query, nothing to
 rerank, an empty corpus, a validation/test split without a relevant document, a ``max_length`` the template
 fills alone, and a run listing a document twice for a query (refused as ``lightning-rank rerank`` refuses it).
+The training index is built in :mod:`.training_setup`, runs are read in :mod:`.first_stage_runs`, and the
+messages are :mod:`.reports`'.
 """
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import logging
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.collections import (
     LocalFiles,
-    LocalRun,
     load_dataset,
-    local_files,
     reading,
     register_local,
     require_dataset,
 )
-from lightning_rank.datamodules.documents import DocumentLookup
+from lightning_rank.datamodules.compatibility import check_model_fits_data
+from lightning_rank.datamodules.documents import DocumentLookup, query_texts
 from lightning_rank.datamodules.eval_split import EvalSplit, RerankCollator, RerankPairs, build_eval_split
-from lightning_rank.datamodules.files import read_trec_run
-from lightning_rank.datamodules.groups import (
-    NegativeSampling,
-    SkipReport,
-    TeacherMissing,
-    TrainingQuery,
-    build_training_index,
-    docpairs_as_qrels_and_run,
-    fill_unscored,
-)
-from lightning_rank.datamodules.packing import check_packing_options
+from lightning_rank.datamodules.first_stage_runs import ranked_scores, run_entries, run_source
+from lightning_rank.datamodules.groups import NegativeSampling, TeacherMissing
+from lightning_rank.datamodules.reports import check_judged, report_empty_texts, report_skips, warn
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
-from lightning_rank.errors import (
-    ConfigError,
-    DataError,
-    DataFileError,
-    DataFileNotFoundError,
-    check_at_least,
-    check_group_size,
-    check_sizes,
-)
+from lightning_rank.datamodules.training_setup import build_training_data
+from lightning_rank.errors import ConfigError, DataError, check_at_least, check_group_size, check_sizes
 from lightning_rank.text.excerpts import Excerpt, check_excerpt
 from lightning_rank.text.score_text import score_texts
 
@@ -64,7 +46,6 @@ _POSITIVE_OPTIONS = (
     "batch_size", "eval_batch_size", "negatives_depth", "rerank_depth", "max_length", "max_query_length",
     "length_buckets", "pad_to_multiple_of",
 )  # fmt: skip
-_console = logging.getLogger("lightning.pytorch")  # Lightning's own console handler shows it
 
 
 class RerankDataModule(pl.LightningDataModule):
@@ -154,7 +135,7 @@ class RerankDataModule(pl.LightningDataModule):
         check_group_size(group_size)  # at configuration time, before any data is read
         _check_ranges(locals())
         check_excerpt(excerpt)
-        check_packing_options(packing, length_buckets)
+        check_model_fits_data(None, {"packing": packing, "length_buckets": length_buckets})
         self.save_hyperparameters()
         for name, source in (local_collections or {}).items():
             register_local(name, source)
@@ -184,11 +165,7 @@ class RerankDataModule(pl.LightningDataModule):
 
     def check_packing(self, backbone: Any) -> None:
         """With ``packing``, refuse a backbone that cannot score packed rows, naming why and the fix."""
-        if self.hparams.get("packing") and (reason := backbone.packing_unsupported()):
-            raise ConfigError(
-                f"data.packing: {type(backbone).__name__} cannot score packed rows ({reason}); "
-                "use data.length_buckets instead"
-            )
+        check_model_fits_data(SimpleNamespace(backbone=backbone), self.hparams)
 
     def _collator(self) -> PairCollator:
         backbone = self._backbone_in_use()
@@ -208,6 +185,8 @@ class RerankDataModule(pl.LightningDataModule):
     # -- setup -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn (a str enum)
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        check_model_fits_data(model, self.hparams, stage)  # every model x data rule, before data is read
         self._check_document_room()
         if stage == "fit":
             self._setup_train()
@@ -244,7 +223,7 @@ class RerankDataModule(pl.LightningDataModule):
         )
         short = [b for b in budgets if b < 1]
         if short:
-            _warn(
+            warn(
                 f"{dataset_id}: {len(short)} of {len(budgets)} {what} leave no token of data.max_length "
                 f"{hp.max_length} for the document (the template and the query, kept up to "
                 f"data.max_query_length {hp.max_query_length} tokens, take them all): they are scored "
@@ -256,81 +235,26 @@ class RerankDataModule(pl.LightningDataModule):
         hp = self.hparams
         if hp.train_dataset is None:
             raise ConfigError("`fit` needs data.train_dataset (an ir_datasets id with qrels)")
-        dataset = load_dataset(hp.train_dataset)
-        documents = DocumentLookup(hp.train_dataset)
-        empty_docs: set[str] = set()
-
-        def existing(doc_ids: Iterable[str]) -> set[str]:
-            present, empty = documents.existing_and_empty(doc_ids)
-            empty_docs.update(empty)
-            return present
-
-        shows_scores = self._shows_scores()
-        first_stage = None
-        with reading(hp.train_dataset, hp.train_run, hp.teacher_run):
-            teacher = read_trec_run(_run_file(hp.teacher_run, "teacher_run")) if hp.teacher_run else None
-            queries = _queries(dataset)
-            qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
-            if hp.train_source == "docpairs":
-                if shows_scores:
-                    raise ConfigError(
-                        "the backbone's template shows first-stage scores, which docpairs do not have: use "
-                        "data.train_source: run with a scored run, or a template without scores"
-                    )
-                if not dataset.has_docpairs():
-                    raise ConfigError(f"{hp.train_dataset} has no docpairs; use data.train_source: run")
-                pairs = ((p.query_id, p.doc_id_a, p.doc_id_b) for p in dataset.docpairs_iter())
-                qrels, run = docpairs_as_qrels_and_run(pairs, qrels)
-            else:
-                scoreddocs = _scoreddocs(dataset, hp.train_dataset, hp.train_run, "train_run")
-                source = _run_source(dataset, hp.train_dataset, hp.train_run)
-                if shows_scores:  # scaled over the top rerank_depth, as in reranking; positives' own too
-                    positives = {
-                        q: {d for d, r in docs.items() if r >= hp.min_relevance} for q, docs in qrels.items()
-                    }
-                    run, scores = ranked_scores(
-                        scoreddocs, max(hp.negatives_depth, hp.rerank_depth), also=positives, source=source
-                    )
-                    first_stage = score_texts(scores, hp.rerank_depth)
-                else:
-                    run = _ranked(scoreddocs, hp.negatives_depth, source)
-            if teacher is not None and hp.teacher_missing == "lowest":
-                teacher = fill_unscored(teacher, qrels, run)
-            index, report = build_training_index(
-                qrels, run, queries, existing, hp.min_relevance, hp.negatives_depth, teacher, first_stage
-            )
-        if not index:
-            raise DataError(
-                f"{hp.train_dataset}: no trainable query: every query was skipped ({report.summary()}). "
-                "A query needs a judged positive and a negative, both in the corpus."
-            )
-        _report_skips(f"{hp.train_dataset}: {len(index)} training queries", report, training=True)
-        used_queries = {q.query_id for q in index}
-        used_docs = {d for q in index for d in (*q.positives, *q.negatives)}
-        _report_empty_texts(
-            hp.train_dataset,
-            len(empty_docs & used_docs),
-            sum(not queries[q].strip() for q in used_queries),
-        )
-        _report_short_runs(hp.train_dataset, index, hp.group_size)
+        data = build_training_data(hp, self._shows_scores())
+        index, first_stage = data.index, data.first_stage
         widest = {q: max(texts.values(), key=len) for q, texts in (first_stage or {}).items() if texts}
         self._report_no_room(
             hp.train_dataset,
-            [queries[q.query_id] for q in index],
+            [data.queries[q.query_id] for q in index],
             [widest.get(q.query_id, "100") for q in index] if first_stage is not None else None,
             "training queries",
         )
-        self.train_report = report
+        self.train_report = data.report
         self._train = TrainingGroupStream(
             index,
-            queries,
-            documents,
+            data.queries,
+            data.documents,
             self._collator(),
             hp.group_size,
             hp.batch_size,
             hp.seed,
             hp.negative_sampling,
-            teacher,
+            data.teacher,
             first_stage,
         )
 
@@ -345,9 +269,9 @@ class RerankDataModule(pl.LightningDataModule):
             return
         dataset = load_dataset(dataset_id)
         with reading(dataset_id, hp[f"{stage}_run"]):
-            queries = _queries(dataset)
-            scoreddocs = _scoreddocs(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run")
-            source = _run_source(dataset, dataset_id, hp[f"{stage}_run"])
+            queries = query_texts(dataset)
+            scoreddocs = run_entries(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run")
+            source = run_source(dataset, dataset_id, hp[f"{stage}_run"])
             run, scores = ranked_scores(scoreddocs, hp.rerank_depth, source=source)
             doc_texts = DocumentLookup(dataset_id).texts({d for _, d in run})
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
@@ -358,17 +282,17 @@ class RerankDataModule(pl.LightningDataModule):
                 f"{dataset_id}: nothing to rerank: every run entry was skipped ({split.report.summary()}). "
                 f"Check that data.{stage}_run belongs to this collection."
             )
-        _report_skips(
+        report_skips(
             f"{dataset_id}: reranking {len(split.pairs)} pairs of {len(split.query_ids)} queries",
             split.report,
         )
-        _report_empty_texts(
+        report_empty_texts(
             dataset_id,
             sum(not t.strip() for t in split.doc_texts),
             sum(not t.strip() for t in split.query_texts),
         )
         if stage in ("val", "test"):
-            _check_judged(dataset_id, stage, split)
+            check_judged(dataset_id, stage, split)
         shown = split.score_texts
         self._report_no_room(
             dataset_id,
@@ -423,167 +347,3 @@ def _check_ranges(options: Mapping[str, Any]) -> None:
     """Sizes and depths of 0 or below (and negative workers) fail at configuration, naming the option."""
     check_sizes("data.", **{name: options[name] for name in _POSITIVE_OPTIONS})
     check_at_least("data.num_workers", options["num_workers"], 0, "0 tokenizes in the main process")
-
-
-def _queries(dataset: Any) -> dict[str, str]:
-    return {q.query_id: q.default_text() for q in dataset.queries_iter()}
-
-
-def _run_file(run_file: str, option: str) -> Path:
-    path = Path(run_file).expanduser()
-    if not path.is_file():
-        raise DataFileNotFoundError(f"data.{option}: run file {path} does not exist")
-    return path
-
-
-def _scoreddocs(dataset: Any, dataset_id: str, run_file: str | None, option: str) -> Iterator[Any]:
-    if run_file is not None:
-        return LocalRun(_run_file(run_file, option)).scoreddocs_iter()
-    if not dataset.has_scoreddocs():
-        raise ConfigError(
-            f"{dataset_id} has no first-stage run: set data.{option} to a TREC run file "
-            "(build one with `lightning-rank bm25`)"
-        )
-    return dataset.scoreddocs_iter()
-
-
-def _ranked(scoreddocs: Iterator[Any], depth: int, source: str | Path = "the run") -> list[tuple[str, str]]:
-    """Top-``depth`` (query, doc) pairs per query by descending score (ties: doc id descending, as
-    trec_eval), queries in first-seen order. Memory is bounded by queries x depth, not by the run's size
-    (MS MARCO's BM25 train run has ~800M lines)."""
-    return ranked_scores(scoreddocs, depth, source=source)[0]
-
-
-def ranked_scores(
-    scoreddocs: Iterator[Any],
-    depth: int,
-    also: Mapping[str, Collection[str]] | None = None,
-    source: str | Path = "the run",
-) -> tuple[list[tuple[str, str]], dict[str, dict[str, float]]]:
-    """:func:`_ranked` and the scores of its pairs, plus those of the ``also`` documents of each query
-    (judged positives) wherever the run ranks them. The candidates every rerank takes (``predict`` here,
-    ``lightning-rank rerank``).
-
-    A document listed twice for one query is refused (:class:`DataFileError` naming ``source``, a file or
-    a dataset id), as ``lightning-rank rerank`` and trec_eval refuse it: which of its scores counts is
-    ambiguous. It is found within each query's consecutive lines (runs list a query's documents together)
-    and against each query's top ``depth`` so far, so memory stays bounded by queries x depth."""
-    heaps: dict[str, list[tuple[float, str]]] = {}
-    kept: dict[str, set[str]] = {}  # the documents in each query's heap
-    extra: dict[str, dict[str, float]] = {}
-    current, consecutive = None, set()  # the query of the last lines and the documents they listed
-    for sd in scoreddocs:
-        qid, doc = sd.query_id, sd.doc_id
-        if qid != current:
-            current, consecutive = qid, set()
-        heap, in_heap = heaps.setdefault(qid, []), kept.setdefault(qid, set())
-        if doc in consecutive or doc in in_heap:
-            raise _duplicate_entry(source, qid, doc)
-        consecutive.add(doc)
-        item = (sd.score, doc)
-        if len(heap) < depth:
-            heapq.heappush(heap, item)
-            in_heap.add(doc)
-        elif item > heap[0]:
-            in_heap.discard(heapq.heapreplace(heap, item)[1])
-            in_heap.add(doc)
-        if also is not None and doc in also.get(qid, ()):
-            extra.setdefault(qid, {})[doc] = sd.score
-    pairs = [(q, d) for q, heap in heaps.items() for _, d in sorted(heap, reverse=True)]
-    scores = {q: {d: s for s, d in heap} for q, heap in heaps.items()}
-    for qid, docs in extra.items():
-        scores[qid].update(docs)
-    return pairs, scores
-
-
-def _run_source(dataset: Any, dataset_id: str, run_file: str | None) -> str | Path:
-    """What a duplicate run entry is reported in: the run file (given, or a local collection's), else the
-    dataset's run by id."""
-    if run_file is not None:
-        return Path(run_file).expanduser()
-    if local_files(dataset_id):
-        with contextlib.suppress(AttributeError, NotImplementedError):
-            return Path(dataset.scoreddocs_handler().scoreddocs_path())
-    return f"the run (scoreddocs) of {dataset_id}"
-
-
-def _duplicate_entry(source: str | Path, qid: str, doc: str) -> DataFileError:
-    where = str(source)
-    if isinstance(source, Path) and source.is_file():
-        where += f":{_second_line(source, qid, doc)}"
-    return DataFileError(
-        f"{where}: document {doc!r} is listed twice for query {qid!r}. A run lists each document once per "
-        "query (`lightning-rank rerank` and trec_eval refuse a repeat too): remove the later line."
-    )
-
-
-def _second_line(path: Path, qid: str, doc: str) -> int | str:
-    """The line number of the second ``qid ... doc`` line of a TREC run file ('?' if not found)."""
-    seen = 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if len(fields) >= 3 and fields[0] == qid and fields[2] == doc:
-                seen += 1
-                if seen == 2:
-                    return number
-    return "?"
-
-
-@rank_zero_only
-def _warn(message: str) -> None:
-    _console.warning(message)
-
-
-def _report_skips(what: str, report: SkipReport, training: bool = False) -> None:
-    """One line per split: what is used and what was skipped, with counts and reasons (a warning if any)."""
-    if not report.counts:
-        rank_zero_info(f"{what}; skipped nothing")
-        return
-    also = " or leave a query nothing to learn from" if training else ""
-    _warn(
-        f"{what}; skipped {report.summary()}. Skipped entries name queries or documents that the collection "
-        f"does not hold (are the run and qrels from this collection?){also}; the rest is used."
-    )
-
-
-def _check_judged(dataset_id: str, stage: str, split: EvalSplit) -> None:
-    """Refuse an evaluation in which no reranked query has a relevant document (every measure would read
-    0); warn with counts when some have none."""
-    relevant = {q for q, docs in split.qrels.items() if any(grade > 0 for grade in docs.values())}
-    without = [q for q in split.query_ids if q not in relevant]
-    if len(without) == len(split.query_ids):
-        judged = sum(q in split.qrels for q in split.query_ids)
-        raise DataError(
-            f"{dataset_id}: none of the {len(split.query_ids)} queries data.{stage}_dataset reranks has a "
-            f"relevant document in its qrels ({judged} are judged, all with relevance 0 or below), so every "
-            f"measure would read 0. Set data.{stage}_dataset to a split whose qrels judge these queries' "
-            "relevant documents (relevance >= 1), and check that its qrels belong to this collection."
-        )
-    if without:
-        unjudged = sum(q not in split.qrels for q in without)
-        _warn(
-            f"{dataset_id}: {len(without)} of {len(split.query_ids)} reranked queries have no relevant "
-            f"document in the qrels: {unjudged} are not judged at all and are left out of the averages (as "
-            f"trec_eval does), {len(without) - unjudged} count 0 in every measure."
-        )
-
-
-def _report_empty_texts(dataset_id: str, documents: int, queries: int) -> None:
-    if documents or queries:
-        _warn(
-            f"{dataset_id}: {documents} documents and {queries} queries have empty text; they are kept and "
-            "scored as they are (an empty document is valid reranker input: the template is rendered with "
-            "nothing in its place). Check the collection's files if this is unexpected."
-        )
-
-
-def _report_short_runs(dataset_id: str, index: list[TrainingQuery], group_size: int) -> None:
-    need = group_size - 1
-    short = [len(q.negatives) for q in index if len(q.negatives) < need]
-    if short:
-        _warn(
-            f"{dataset_id}: {len(short)} of {len(index)} training queries have fewer than {need} negatives "
-            f"(fewest: {min(short)}) for data.group_size {group_size}; their groups repeat negatives. Use a "
-            "deeper run (data.train_run, data.negatives_depth) or a smaller data.group_size to avoid it."
-        )

@@ -1,9 +1,11 @@
-"""Document text lookup through the ir_datasets docstore, safe to use from forked DataLoader workers."""
+"""Document and query texts: documents looked up in the ir_datasets docstore (safe in forked DataLoader
+workers), queries read from the dataset, and the texts a run lists."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from lightning_rank.datamodules.collections import load_dataset
 from lightning_rank.errors import DataError
@@ -38,6 +40,11 @@ class DocumentLookup:
         """The ids the corpus holds, and those of them whose text is empty or blank (one bulk lookup)."""
         found = self._docstore().get_many(list(doc_ids))
         return set(found), {d for d, doc in found.items() if not doc.default_text().strip()}
+
+
+def query_texts(dataset: Any) -> dict[str, str]:
+    """``{query id: text}`` of an ir_datasets dataset's queries."""
+    return {q.query_id: q.default_text() for q in dataset.queries_iter()}
 
 
 def run_texts(

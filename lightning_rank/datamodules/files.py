@@ -2,33 +2,22 @@
 
 Documents and queries (BEIR ``.jsonl`` or ``id<TAB>text`` ``.tsv``), qrels (TREC ``qid 0 docid rel``,
 ``qid docid rel``, or BEIR's TSV with its ``query-id corpus-id score`` header), TREC runs and docpairs
-(``qid<TAB>pos<TAB>neg``) are checked in one streaming pass the first time a process reads them (the outcome
-is cached by path, size and modification time, in memory and in ir_datasets' home, so a big corpus is
-checked once). A problem raises :class:`DataFileError` with ``FILE:LINE: what is wrong; how to fix``. CRLF
-line endings, blank lines and a UTF-8 BOM are accepted. Duplicate document or query ids and duplicate
-judgements keep their first copy: the later ones are dropped by every reader, with one warning per file.
+(``qid<TAB>pos<TAB>neg``) have one line parser each. A problem raises :class:`DataFileError` with
+``FILE:LINE: what is wrong; how to fix``. CRLF line endings, blank lines and a UTF-8 BOM are accepted. The
+once-per-file check and the handling of duplicates are in :mod:`.file_checks`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import logging
 import math
 import os
 import re
-import sys
-import tempfile
-from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import numpy as np
-
-from lightning_rank.errors import DataFileError
+from lightning_rank.errors import DataFileError, DataFileNotFoundError
 from lightning_rank.runs import Run
 
 Kind = Literal["documents", "queries", "qrels", "run", "docpairs"]
@@ -39,9 +28,6 @@ _WHITESPACE = re.compile(r"\s")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BEIR_HEADER = ["query-id", "corpus-id", "score"]
 _MAX_GRADE = 2**31 - 1  # trec_eval keeps grades in a C int
-_CHECK_VERSION = 1  # bump when the checks change: cached outcomes of older checks are not reused
-_EXAMPLES = 3
-_console = logging.getLogger("lightning.pytorch")  # Lightning's console handler shows it
 _JSON_EXAMPLE = {
     "documents": '{"_id": "d1", "title": "...", "text": "..."}',
     "queries": '{"_id": "q1", "text": "..."}',
@@ -301,151 +287,16 @@ def numbered_records(path: str | os.PathLike, kind: Kind) -> Iterator[tuple[int,
             yield number, record
 
 
-# -- the check, its cache, and the readers -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Checked:
-    """What the check of one file found: its records, and the later copies of duplicates (dropped)."""
-
-    records: int
-    drop: frozenset[int]  # positions (0-based, among records) of later copies
-    duplicates: int
-    conflicting: int  # later copies whose text (or grade) differs from the first
-    examples: tuple[tuple[str, int, int], ...]  # (key, first line, later line)
-    titles: bool  # some document has a title
-
-
-_KEYS = {"documents": (1, "document ids"), "queries": (1, "query ids"), "qrels": (2, "judgements")}
-_checked: dict[tuple, Checked] = {}
-
-
-def check(path: str | os.PathLike, kind: Kind) -> Checked:
-    """Check ``path`` once per process (and once per file version across processes): raises the first
-    problem as :class:`DataFileError`, warns once about duplicates."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns, kind, _CHECK_VERSION)
-    found = _checked.get(key)
-    if found is None:
-        found = _load_cached(key)
-        if found is None:
-            found = _scan(path, kind)
-            if found.records == 0:
-                raise DataFileError(f"{path}: the file holds no {_what(kind)} (it is empty or blank)")
-            _save_cached(key, found)
-        _checked[key] = found
-        _warn_duplicates(path, kind, found)
-    return found
-
-
-def _what(kind: Kind) -> str:
-    return {"documents": "documents", "queries": "queries", "qrels": "judgements", "run": "run lines",
-            "docpairs": "docpairs"}[kind]  # fmt: skip
-
-
-def records(path: str | os.PathLike, kind: Kind) -> Iterator[Record]:
-    """The checked records of ``path`` without the later copies of duplicates: what every reader uses."""
-    drop = check(path, kind).drop
-    for position, (_, record) in enumerate(numbered_records(path, kind)):
-        if position not in drop:
-            yield record
-
-
-def _scan(path: Path, kind: Kind) -> Checked:
-    """One pass that checks every line; duplicate keys are found by hash (8 bytes a record), then confirmed
-    by a second pass over the candidates only, when there are any."""
-    width = _KEYS.get(kind, (0, ""))[0]
-    hashes = array("q")
-    count, titles = 0, False
-    for count, (_, record) in enumerate(numbered_records(path, kind), start=1):  # noqa: B007
-        if width:
-            hashes.append(hash(record[:width]))
-        titles = titles or (kind == "documents" and record[2] is not None)
-    if not width or count < 2:
-        return Checked(count, frozenset(), 0, 0, (), titles)
-    keys = np.frombuffer(hashes, dtype=np.int64)
-    ordered = np.sort(keys)
-    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-    if repeated.size == 0:
-        return Checked(count, frozenset(), 0, 0, (), titles)
-    candidates = set(np.flatnonzero(np.isin(keys, repeated)).tolist())
-    return _confirm(path, kind, width, candidates, count, titles)
-
-
-def _confirm(path: Path, kind: Kind, width: int, candidates: set[int], count: int, titles: bool) -> Checked:
-    first: dict[tuple, tuple[int, Record]] = {}
-    drop: set[int] = set()
-    conflicting, examples = 0, []
-    for position, (number, record) in enumerate(numbered_records(path, kind)):
-        if position not in candidates:
-            continue
-        key = record[:width]
-        if key not in first:
-            first[key] = (number, record)
-            continue
-        drop.add(position)
-        first_line, first_record = first[key]
-        conflicting += first_record != record
-        if len(examples) < _EXAMPLES:
-            examples.append((" ".join(key), first_line, number))
-    return Checked(count, frozenset(drop), len(drop), conflicting, tuple(examples), titles)
-
-
-def _warn_duplicates(path: Path, kind: Kind, found: Checked) -> None:
-    if not found.duplicates or not _on_rank_zero():
-        return
-    differ = "another grade" if kind == "qrels" else "another text"
-    examples = ", ".join(f"{k!r} at lines {a} and {b}" for k, a, b in found.examples)
-    _console.warning(
-        f"{path}: {found.duplicates} duplicate {_KEYS[kind][1]} ({found.conflicting} of them with {differ}; "
-        f"e.g. {examples}): the first copy of each is used and the later ones are dropped everywhere "
-        "(docstore, BM25, training, evaluation). Remove the later copies from the file to silence this."
-    )
-
-
-def _on_rank_zero() -> bool:
-    if "lightning.pytorch" not in sys.modules:
-        return True
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def _cache_file(key: tuple) -> Path:
-    import ir_datasets
-
-    digest = hashlib.sha1(repr(key).encode()).hexdigest()
-    return Path(ir_datasets.util.home_path()) / "lightning-rank" / "checked" / f"{digest}.json"
-
-
-def _load_cached(key: tuple) -> Checked | None:
-    try:
-        saved = json.loads(_cache_file(key).read_text())
-    except (OSError, ValueError):
-        return None
-    saved["drop"] = frozenset(saved["drop"])
-    saved["examples"] = tuple(tuple(e) for e in saved["examples"])
-    return Checked(**saved)
-
-
-def _save_cached(key: tuple, found: Checked) -> None:
-    """Keep the outcome for other processes; a cache that cannot be written only costs a re-check."""
-    target = _cache_file(key)
-    content = {**asdict(found), "drop": sorted(found.drop)}
-    with contextlib.suppress(OSError):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f)
-        os.replace(tmp, target)
-
-
 def read_trec_run(path: str | os.PathLike[str]) -> Run:
     """Read a TREC run file (``qid Q0 docid rank score [tag]``) into ``{qid: {docid: score}}``.
 
     The rank column is ignored, as trec_eval does, but must be an integer. Every line is checked
     (:func:`run_row`): a mistake, a document listed twice for one query or an
-    empty file raises :class:`~lightning_rank.errors.DataFileError` naming the file and line.
+    empty file raises :class:`~lightning_rank.errors.DataFileError` naming the file and line; a missing one
+    :class:`~lightning_rank.errors.DataFileNotFoundError`.
     """
+    if not os.path.isfile(path):
+        raise DataFileNotFoundError(f"run file {path} does not exist")
     run: Run = {}
     for lineno, (qid, did, value) in numbered_records(path, "run"):
         docs = run.setdefault(qid, {})
