@@ -73,3 +73,51 @@ class EvalFields(TypedDict):
 
 # A collated batch: one of the three shapes, with its token counts.
 PairBatch = PaddedRows | BucketedRows | PackedRows
+
+
+class PaddedBatch(PaddedRows, TokenCounts):
+    """Padded rows with their token counts."""
+
+
+class BucketedBatch(BucketedRows, TokenCounts):
+    """Length buckets with their token counts."""
+
+
+class PackedBatch(PackedRows, TokenCounts):
+    """Packed rows with their token counts."""
+
+
+# What the collator returns: a collated batch of one of the three shapes, counted.
+CollatedBatch = PaddedBatch | BucketedBatch | PackedBatch
+
+
+class PaddedTrainBatch(PaddedBatch, TrainFields):
+    """A training batch of padded rows."""
+
+
+class BucketedTrainBatch(BucketedBatch, TrainFields):
+    """A training batch in length buckets."""
+
+
+class PackedTrainBatch(PackedBatch, TrainFields):
+    """A training batch of packed rows."""
+
+
+# What the training stream yields.
+TrainBatch = PaddedTrainBatch | BucketedTrainBatch | PackedTrainBatch
+
+
+class PaddedEvalBatch(PaddedBatch, EvalFields):
+    """An evaluation batch of padded rows."""
+
+
+class BucketedEvalBatch(BucketedBatch, EvalFields):
+    """An evaluation batch in length buckets."""
+
+
+class PackedEvalBatch(PackedBatch, EvalFields):
+    """An evaluation batch of packed rows."""
+
+
+# What the evaluation split's collator yields (validation, test, predict).
+EvalBatch = PaddedEvalBatch | BucketedEvalBatch | PackedEvalBatch

@@ -1,21 +1,22 @@
 """Turn (query, document) texts into padded tensors in the DataLoader workers, not in the training step.
 
 With ``length_buckets > 1`` a batch's pairs are sorted by length and cut into that many buckets, each
-padded to its own longest pair (``batch["buckets"]``, with the rows each bucket holds): short passages are
-not padded to long ones, and the order of the data, hence sharding and exact resume, is unchanged. With
-``packing``, pairs share rows of up to ``max_length`` tokens instead (:mod:`.packing`): almost no padding.
+padded to its own longest pair: short passages are not padded to long ones, and the order of the data, hence
+sharding and exact resume, is unchanged. With ``packing``, pairs share rows of up to ``max_length`` tokens
+instead (:mod:`.packing`): almost no padding. The keys of each shape are declared in :mod:`.batch`.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_rank.datamodules.packing import check_packing_options, pack
+from lightning_rank.datamodules.batch import CollatedBatch, PaddedRows
+from lightning_rank.datamodules.compatibility import check_model_fits_data
+from lightning_rank.datamodules.packing import pack
 from lightning_rank.text.templates import EncodedPair, PairTemplate
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -36,11 +37,11 @@ class PairCollator:
     packing: bool = False  # pairs share rows of up to max_length tokens (lightning_rank.datamodules.packing)
 
     def __post_init__(self) -> None:
-        check_packing_options(self.packing, self.length_buckets)
+        check_model_fits_data(None, {"packing": self.packing, "length_buckets": self.length_buckets})
 
     def __call__(
         self, queries: list[str], documents: list[str], scores: list[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> CollatedBatch:
         """``scores``: each pair's first-stage score as text, for templates that show it."""
         return self.collate(
             self.template.encode(
@@ -54,7 +55,7 @@ class PairCollator:
             )
         )
 
-    def collate(self, encoded: list[EncodedPair]) -> dict[str, Any]:
+    def collate(self, encoded: list[EncodedPair]) -> CollatedBatch:
         """Pad (and bucket) already encoded pairs; benchmarks feed synthetic token ids through here."""
         n = len(encoded)
         buckets = min(max(self.length_buckets, 1), n)
@@ -77,7 +78,7 @@ class PairCollator:
         batch["num_sequences"] = n
         return batch
 
-    def _pad(self, encoded: list[EncodedPair]) -> dict[str, torch.Tensor]:
+    def _pad(self, encoded: list[EncodedPair]) -> PaddedRows:
         longest = max(len(e.input_ids) for e in encoded)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
@@ -93,7 +94,7 @@ class PairCollator:
             attention_mask[i, :length] = 1
             if token_type_ids is not None:
                 token_type_ids[i, :length] = torch.tensor(e.token_type_ids)
-        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        out: PaddedRows = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             out["token_type_ids"] = token_type_ids
         return out

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from lightning_rank.datamodules.batch import EvalBatch
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.groups import SkipReport, group_by_query
 
@@ -84,12 +84,13 @@ class RerankPairs(Dataset):
 
 @dataclass
 class RerankCollator:
-    """Collate pair indices into a tokenized batch that remembers which (query, doc) each row is."""
+    """Collate pair indices into a tokenized batch that remembers which (query, doc) each row is
+    (:data:`.batch.EvalBatch`)."""
 
     split: EvalSplit
     collator: PairCollator
 
-    def __call__(self, items: list[tuple[int, int]]) -> dict[str, Any]:
+    def __call__(self, items: list[tuple[int, int]]) -> EvalBatch:
         qi = [q for q, _ in items]
         di = [d for _, d in items]
         shown = self.split.score_texts

@@ -5,26 +5,15 @@ Pairs are placed first-fit by decreasing length, in rows as short as costs about
 packed token carries its pair's index (``sequence_ids``; ``-1`` for padding) and its position within the
 pair (``position_ids``), from which a backbone that supports packing (``Backbone.packing_unsupported`` is
 None) builds a block-diagonal attention mask so that no pair sees another; each pair's score is read at
-``sequence_starts`` / ``sequence_lengths``.
+``sequence_starts`` / ``sequence_lengths``. The keys of a packed batch: :class:`.batch.PackedRows`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from lightning_rank.errors import ConfigError
+from lightning_rank.datamodules.batch import PackedRows
 from lightning_rank.text.templates import EncodedPair
-
-
-def check_packing_options(packing: bool, length_buckets: int) -> None:
-    """Refuse packing together with length buckets: two ways to avoid padding, one at a time."""
-    if packing and length_buckets > 1:
-        raise ConfigError(
-            "data.packing and data.length_buckets > 1 are two ways to avoid padding: set one "
-            "(packing pads less; length buckets work with every backbone and with model.cuda_graphs)"
-        )
 
 
 def pack_rows(lengths: list[int], row_length: int) -> list[list[int]]:
@@ -76,9 +65,9 @@ def best_rows(
 
 def pack(
     encoded: list[EncodedPair], max_row_length: int, pad_token_id: int, multiple: int | None = None
-) -> dict[str, Any]:
+) -> PackedRows:
     """Packed tensors of ``encoded`` pairs in rows of at most ``max_row_length`` tokens (:func:`best_rows`;
-    see the module docstring); ``attention_mask`` marks real tokens, as in a padded batch, for the counts."""
+    see the module docstring), keyed as :class:`.batch.PackedRows`."""
     lengths = [len(e.input_ids) for e in encoded]
     row_length, rows = best_rows(lengths, max_row_length, multiple)
     shape = (len(rows), row_length)
@@ -99,7 +88,7 @@ def pack(
                 token_type_ids[r, offset : offset + n] = torch.tensor(e.token_type_ids)
             starts[i] = r * row_length + offset
             offset += n
-    out = {
+    out: PackedRows = {
         "input_ids": input_ids,
         "attention_mask": (sequence_ids >= 0).long(),
         "position_ids": position_ids,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lightning_rank.datamodules.batch import TrainBatch
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.documents import DocumentLookup
 from lightning_rank.datamodules.groups import NegativeSampling, TrainingQuery, sample_group
@@ -64,7 +65,7 @@ class TrainingGroupStream(IterableDataset):
         """Batches per epoch on this rank."""
         return math.ceil(len(self.index) // self.world_size / self.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[TrainBatch]:
         positions = self.rank_queries(self.epoch)
         batches = [positions[i : i + self.batch_size] for i in range(0, len(positions), self.batch_size)]
         info = get_worker_info()
@@ -74,7 +75,8 @@ class TrainingGroupStream(IterableDataset):
         for j in range(self.skip_batches + worker, len(batches), num_workers):
             yield self.make_batch(batches[j])
 
-    def make_batch(self, positions: list[int]) -> dict[str, Any]:
+    def make_batch(self, positions: list[int]) -> TrainBatch:
+        """The collated groups of the queries at ``positions`` (keys: :data:`.batch.TrainBatch`)."""
         queries, doc_ids, teacher_scores, shown, repeated = [], [], [], [], 0
         for p in positions:
             query = self.index[p]
@@ -124,7 +126,7 @@ class ResumableLoader(DataLoader):
         self._resume: dict[str, int] | None = None
         self._epoch, self._yielded = 0, 0
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[TrainBatch]:
         epoch = self._epoch_fn()
         skip = self._resume["batches"] if self._resume and self._resume["epoch"] == epoch else 0
         self._resume = None
