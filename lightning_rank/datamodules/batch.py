@@ -8,7 +8,6 @@ padded on its own (:class:`BucketedRows`), or packed rows in which several pairs
 (:class:`EvalFields`).
 """
 
-from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
