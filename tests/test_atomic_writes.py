@@ -57,6 +57,7 @@ def test_a_failed_export_leaves_the_old_export(tmp_path: Path, monkeypatch: pyte
     assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_metrics_file_is_written_and_a_failed_validate_keeps_the_old_one(tmp_path: Path) -> None:
     demo = str(REPO / "configs" / "demo.yaml")
     metrics_file = tmp_path / "metrics.json"

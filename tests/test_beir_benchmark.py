@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from helpers import REPO, TINY_BERT, tiny_bi_encoder
 
@@ -13,6 +14,7 @@ from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.synthetic import DemoSpec, generate
 
 
+@pytest.mark.slow
 def test_beir_benchmark_runs_bm25_teacher_fit_rerank_and_reports(tmp_path):
     folder = generate(
         tmp_path / "tinybeir",

@@ -3,9 +3,11 @@ metrics equal the single-process values on the same checkpoint and run."""
 
 from __future__ import annotations
 
+import pytest
 from helpers import DEMO, cli, last_val_metrics
 
 
+@pytest.mark.slow
 def test_ddp_validation_equals_single_process(tmp_path):
     fit = cli(
         "fit", "--config", DEMO, "--trainer.max_steps", "150",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import time
 
+import pytest
 from helpers import REPO, cli
 
 
+@pytest.mark.slow
 def test_demo_trains_from_chance_to_near_perfect(tmp_path):
     start = time.perf_counter()
     result = cli(

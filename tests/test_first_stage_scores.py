@@ -122,6 +122,7 @@ def test_bm25_judged_reports_the_metrics_of_the_top_depth_alone(tiny_beir, tmp_p
     assert lines["judged"] > lines["plain"]
 
 
+@pytest.mark.slow
 def test_fit_and_predict_show_first_stage_scores_through_the_cli(tiny_beir, tmp_path):
     collections = json.dumps({"scored-cli": str(tiny_beir)})
     tokenizer_folder = tmp_path / "tokenizer"

@@ -186,6 +186,7 @@ def test_packed_training_batches_hold_the_same_pairs_in_fewer_tokens(tmp_path: P
 
 
 @pytest.mark.parametrize("backbone", ["bert", "mamba1"])
+@pytest.mark.slow
 def test_a_packed_fit_ends_where_the_padded_one_does(backbone: str, tmp_path: Path, monkeypatch) -> None:
     name = f"varied-{backbone}"
     varied = json.dumps({name: str(varied_collection(tmp_path / "varied"))})

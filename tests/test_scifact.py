@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(
 COLLECTIONS = json.dumps({"scifact-local": str(SCIFACT)})
 
 
+@pytest.mark.slow
 def test_scifact_bm25_run_is_valid_trec_and_trains_through_the_cli(tmp_path):
     run_file = tmp_path / "bm25-train.trec"
     result = cli(

@@ -102,6 +102,7 @@ class CtrlCTwiceAtStep(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_aborts_at_once_and_saves_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -92,6 +92,7 @@ def test_an_already_wrapped_model_keeps_its_units(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("config", ["mamba2_130m.yaml", "llama_1b.yaml"])
+@pytest.mark.slow
 def test_fsdp_preset_combines_with_paper_configs(config: str) -> None:
     run = cli("fit", "--config", str(REPO / "configs" / config), "--config", FSDP, "--print_config")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -175,6 +176,7 @@ def _assert_same_training(
             assert (multi[name] - tensor).norm() <= bound, (what, name)
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp2_on_two_processes_train_as_one_process(tmp_path: Path) -> None:
     """The DDP and FSDP2 presets on 2 CPU processes with half the per-process batch see the same global
     batches as one process (queries are sharded from one seeded permutation, negatives seeded per query), so
@@ -185,6 +187,7 @@ def test_ddp_and_fsdp2_on_two_processes_train_as_one_process(tmp_path: Path) -> 
     _assert_same_training(single, _fit(tmp_path / "fsdp2", strategy=FSDP2, devices=2), "fsdp2")
 
 
+@pytest.mark.slow
 def test_fsdp2_resumes_a_single_process_checkpoint_and_back(tmp_path: Path) -> None:
     """A checkpoint moves between one process and FSDP2 on two with its optimizer state: Lightning's own
     loader numbered the moments in model order and resumed a single-process checkpoint with them swapped
@@ -209,6 +212,7 @@ BERT = (
 BERT_SHIFT_ONLY = ("head.bias", "backbone.model.encoder.layer.1.output.LayerNorm.bias")
 
 
+@pytest.mark.slow
 def test_fsdp2_trains_on_packed_rows_as_one_process_on_padded_ones(tmp_path: Path) -> None:
     """Packed batches enter the backbone by forward_packed, which FSDP2 must gather parameters for too
     (it failed with "mixed torch.Tensor and DTensor" before)."""
@@ -217,6 +221,7 @@ def test_fsdp2_trains_on_packed_rows_as_one_process_on_padded_ones(tmp_path: Pat
     _assert_same_training(single, packed, "fsdp2 + packing", BERT_SHIFT_ONLY)
 
 
+@pytest.mark.slow
 def test_fsdp2_with_frozen_parameters_and_activation_checkpointing(tmp_path: Path) -> None:
     """A BERT-family backbone with frozen word embeddings (as configs/beir_minilm.yaml) and recomputed blocks
     trains on 2 FSDP2 processes as on one: frozen and trainable parameters share a unit, recomputation
