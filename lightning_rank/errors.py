@@ -29,7 +29,7 @@ class DatasetNotFoundError(InputError, KeyError):
         return str(self.args[0])
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(InputError, ValueError):
     """A config names a backbone that no installed entry point or import path provides."""
 
 
@@ -41,8 +41,13 @@ class CudaGraphError(RuntimeError):
     """A forward could not be captured (it synchronises with the host) or graphs cannot run here."""
 
 
-class HubModelNotCachedError(OSError):
-    """A hub id that is not in the local cache while the hub cannot be reached."""
+class HubModelNotCachedError(InputError, OSError):
+    """A hub id that is not in the local cache while the hub cannot be reached (backbones/hub.py)."""
+
+
+class ModelNotFoundError(InputError, FileNotFoundError):
+    """A model an option names that is not there: a checkpoint file, an export folder, or a model or tokenizer
+    that is neither a local folder nor a repository on the hub (backbones/hub.py)."""
 
 
 class DataError(InputError, ValueError):

@@ -33,6 +33,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from lightning_rank.errors import ConfigError
 from lightning_rank.runs import Run, rank_documents
 
 __all__ = ["RankingMetrics", "evaluate_run", "parse_measures"]
@@ -61,27 +62,27 @@ def _rr_without_cutoff(measure: Any) -> Any | None:
 def parse_measures(measures: Sequence[str] | str) -> dict[str, Any]:
     """Parse ir_measures strings into ``{string: Measure}``, keeping the strings as written.
 
-    Raises a ValueError naming the bad string, with examples, for an unknown or malformed measure or one that
-    trec_eval (the pytrec_eval provider) cannot compute.
+    Raises a :class:`ConfigError` naming the bad string, with examples, for an unknown or malformed measure or
+    one that trec_eval (the pytrec_eval provider) cannot compute.
     """
     if isinstance(measures, str):
         measures = [measures]
     if len(measures) == 0:
-        raise ValueError(f"no measures given; name at least one, e.g. {_EXAMPLES}")
+        raise ConfigError(f"no measures given; name at least one, e.g. {_EXAMPLES}")
     provider = _provider()
     parsed: dict[str, Any] = {}
     for name in measures:
         if not isinstance(name, str):
-            raise ValueError(f"measures must be strings such as {_EXAMPLES}; got {name!r}")
+            raise ConfigError(f"measures must be strings such as {_EXAMPLES}; got {name!r}")
         try:
             measure = ir_measures.parse_measure(name)
         except Exception as err:  # ir_measures raises NameError/ValueError/SyntaxError
-            raise ValueError(
+            raise ConfigError(
                 f"unknown or malformed measure {name!r} ({err}); use ir_measures names such as {_EXAMPLES}"
             ) from err
         checked = _rr_without_cutoff(measure) or measure
         if not provider.supports(checked):
-            raise ValueError(
+            raise ConfigError(
                 f"measure {name!r} is not computed by trec_eval (ir_measures' pytrec_eval provider); "
                 f"supported measures include {_EXAMPLES}"
             )

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from lightning_rank.errors import OutputError
+from lightning_rank.errors import ConfigError, DataError, InputError, OutputError
 
 Run = dict[str, dict[str, float]]
 
@@ -21,9 +21,9 @@ def rank_documents(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
 
 
-def _check_token(kind: str, value: str) -> None:
+def _check_token(kind: str, value: str, error: type[InputError] = DataError) -> None:
     if not value or any(c.isspace() for c in value):
-        raise ValueError(f"{kind} {value!r} cannot be written to a TREC run file (empty or has whitespace)")
+        raise error(f"{kind} {value!r} cannot be written to a TREC run file (empty or has whitespace)")
 
 
 def write_trec_run(
@@ -37,7 +37,7 @@ def write_trec_run(
     moved into place with ``os.replace``: a failed write leaves an existing file untouched, and an existing
     file that is not a run is never replaced (:func:`check_replaceable`).
     """
-    _check_token("tag", tag)
+    _check_token("tag", tag, ConfigError)
     path = check_replaceable(path, "run")
     lines: list[str] = []
     for qid in sorted(run):

@@ -5,7 +5,8 @@
 ``lightning-rank export`` writes a checkpoint as a plain folder, and ``lightning-rank rerank`` reranks a run
 with that folder; ``lightning-rank fuse`` interpolates a reranked run with its first-stage run.
 Lightning is imported only for the trainer subcommands, after pre-flight checks of the command line and its
-config files; bad input ends with one ``error:`` message and exit status 2, never a traceback.
+config files; bad input (an :class:`~lightning_rank.errors.InputError`) ends with one ``error:`` message and
+exit status 2, never a traceback; any other exception is a bug and ends in its traceback and exit status 1.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ FUNCTION_SUBCOMMANDS = {
 
 
 def run_function_subcommand(name: str, args: Sequence[str]) -> int:
-    """A subcommand that is one function (its arguments are the options); bad input ends in one
-    ``error:`` line and exit status 2, not a traceback."""
+    """A subcommand that is one function (its arguments are the options); bad input (an
+    :class:`InputError`) ends in one ``error:`` line and exit status 2, anything else in a traceback."""
     import importlib
 
     from jsonargparse import auto_cli
@@ -45,7 +46,7 @@ def run_function_subcommand(name: str, args: Sequence[str]) -> int:
     command = getattr(importlib.import_module(module), function)
     try:
         auto_cli(command, args=list(args), as_positional=False)
-    except (InputError, ValueError, FileNotFoundError) as err:
+    except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
@@ -60,11 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_function_subcommand(argv[0], argv[1:])
 
     from lightning_rank.cli.preflight import check_argv
-    from lightning_rank.errors import InputError, UnknownBackboneError
+    from lightning_rank.errors import InputError
 
     try:
         check_argv(argv)
-    except (UnknownBackboneError, InputError) as err:
+    except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -43,10 +43,10 @@ def bm25_run(
         doc_ids.append(doc.doc_id)
         texts.append(doc.default_text())
     if not doc_ids:
-        raise ValueError(f"{dataset}: the corpus is empty; nothing to retrieve from")
+        raise DataError(f"{dataset}: the corpus is empty; nothing to retrieve from")
     queries = {q.query_id: q.default_text() for q in ds.queries_iter()}
     if not queries:
-        raise ValueError(f"{dataset}: no queries; use a split id (e.g. NAME/test) that has queries")
+        raise DataError(f"{dataset}: no queries; use a split id (e.g. NAME/test) that has queries")
     stem = Stemmer.Stemmer(stemmer) if stemmer else None
 
     def tokenize(batch: list[str], return_ids: bool = True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning_rank.errors import ModelNotFoundError
 from lightning_rank.reranker.export import check_export_target, export_reranker
 
 
@@ -19,7 +20,7 @@ def export_checkpoint(ckpt_path: str, output: str, overwrite: bool = False) -> N
     from lightning_rank.reranker.module import RerankerModule
 
     if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+        raise ModelNotFoundError(f"checkpoint {ckpt_path} does not exist")
     check_export_target(output, overwrite)  # before the checkpoint loads: a wrong --output fails at once
     module = RerankerModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     folder = export_reranker(module, output, overwrite)

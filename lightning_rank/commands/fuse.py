@@ -20,7 +20,7 @@ from lightning_rank.datamodules.collections import (
     require_dataset,
 )
 from lightning_rank.datamodules.files import read_trec_run
-from lightning_rank.errors import check_between
+from lightning_rank.errors import ConfigError, DataError, check_between
 from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
 from lightning_rank.runs import Run, check_replaceable, write_trec_run
 
@@ -37,7 +37,7 @@ def normalize(scores: Mapping[str, float], how: Normalization) -> dict[str, floa
     elif how == "minmax":
         center, spread = min(values), max(values) - min(values)
     else:
-        raise ValueError(f"normalization must be 'zscore' or 'minmax', got {how!r}")
+        raise ConfigError(f"normalization must be 'zscore' or 'minmax', got {how!r}")
     if spread == 0:
         return dict.fromkeys(scores, 0.0)
     return {doc: (value - center) / spread for doc, value in scores.items()}
@@ -48,7 +48,7 @@ def interpolate(reranked: Run, first_stage: Run, weight: float, how: Normalizati
     normalised per query. A document the first stage did not score gets that query's lowest first-stage
     score; queries the first stage lacks keep their reranker scores (normalised)."""
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"the weight of the reranker must be in [0, 1], got {weight}")
+        raise ConfigError(f"the weight of the reranker must be in [0, 1], got {weight}")
     fused: Run = {}
     for qid, docs in reranked.items():
         if not docs:
@@ -111,14 +111,14 @@ def fuse(
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     if weight == "tune" and qrels is None:
-        raise ValueError("--weight tune needs --qrels: the dataset id of held-out judged queries (NAME/dev)")
+        raise ConfigError("--weight tune needs --qrels: the dataset id of held-out judged queries (NAME/dev)")
     parse_measures([measure, *(measures or [])])  # unknown names fail before any file is read
     check_replaceable(output, "run")
     reranked, lexical = read_trec_run(run), read_trec_run(first_stage)
     if not reranked:
-        raise ValueError(f"{run}: the reranked run is empty")
+        raise DataError(f"{run}: the reranked run is empty")
     if not set(reranked) & set(lexical):
-        raise ValueError(
+        raise DataError(
             f"{run} and {first_stage} share no query id: pass the first-stage run that {run} reranked"
         )
     judged = None

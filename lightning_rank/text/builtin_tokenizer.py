@@ -12,6 +12,8 @@ import itertools
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from lightning_rank.errors import ConfigError
+
 BUILTIN_PREFIX = "builtin:"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[EOS]")
 # Words of the template "document: {document}; query: {query}" so that the causal template tokenizes cleanly.
@@ -59,5 +61,5 @@ def build_builtin_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     name = spec.removeprefix(BUILTIN_PREFIX)
     if name not in _BUILDERS:
         known = ", ".join(BUILTIN_PREFIX + n for n in _BUILDERS)
-        raise ValueError(f"unknown built-in tokenizer {spec!r}; available: {known}")
+        raise ConfigError(f"unknown built-in tokenizer {spec!r}; available: {known}")
     return _BUILDERS[name]()

@@ -19,6 +19,8 @@ from typing import Literal, get_args
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
 
+from lightning_rank.errors import ConfigError
+
 Excerpt = Literal["first", "query_biased"]
 EXCERPTS: tuple[str, ...] = get_args(Excerpt)
 
@@ -31,7 +33,7 @@ _STOPWORDS = frozenset(STOPWORDS_EN)
 def check_excerpt(excerpt: str) -> None:
     """Refuse an unknown excerpt name, naming the choices."""
     if excerpt not in EXCERPTS:
-        raise ValueError(f"excerpt {excerpt!r} is not one of {EXCERPTS}: 'first' keeps a document's start")
+        raise ConfigError(f"excerpt {excerpt!r} is not one of {EXCERPTS}: 'first' keeps a document's start")
 
 
 def segments(document: str) -> list[str]:

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from lightning_rank.errors import ConfigError
 from lightning_rank.text.excerpts import Excerpt, check_excerpt
 
 
@@ -28,7 +29,7 @@ class InputFormat:
         for name in ("max_length", "max_query_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"input format: {name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"input format: {name} must be a positive integer, got {value!r}")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None) -> InputFormat | None:

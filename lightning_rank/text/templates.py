@@ -24,6 +24,7 @@ from typing import Any
 from tokenizers import Encoding
 from transformers import PreTrainedTokenizerBase
 
+from lightning_rank.errors import ConfigError
 from lightning_rank.text.excerpts import check_excerpt, query_biased_excerpts
 
 PAIR = "pair"
@@ -59,7 +60,7 @@ class PairTemplate:
             return
         fields = sorted(_FIELD.findall(self.text))
         if fields not in (["document", "query"], ["document", "query", "score"]):
-            raise ValueError(
+            raise ConfigError(
                 f"template {self.text!r} must contain '{{query}}' and '{{document}}' exactly once each, and "
                 f"'{{score}}' at most once (or be {PAIR!r} or {PAIR_WITH_SCORE!r} for the tokenizer's own "
                 "pair format)"
@@ -84,7 +85,7 @@ class PairTemplate:
         unk = tokenizer.unk_token_id
         unread = [text for text, row in zip(_SAMPLE_SCORES, ids, strict=True) if unk in row]
         if unread:
-            raise ValueError(
+            raise ConfigError(
                 f"template {self.text!r} shows first-stage scores as whole numbers, but tokenizer {source!r} "
                 f"reads {', '.join(unread)} as {tokenizer.unk_token!r}: the reranker would see no score. Use "
                 "a tokenizer that has digits (any pretrained model's), or a template without scores"
@@ -177,7 +178,7 @@ class PairTemplate:
     ) -> list[Encoding]:
         """Segment A of each pair of the ``pair`` styles: the query, or ``query [SEP] score``."""
         if backend.post_processor is None:
-            raise ValueError("the 'pair' template needs a tokenizer with a post-processor for pairs")
+            raise ConfigError("the 'pair' template needs a tokenizer with a post-processor for pairs")
         if scores is None:
             return [query_encodings[q] for q in queries]
         shown = [f"{tokenizer.sep_token or ''} {s}" for s in scores]
