@@ -16,10 +16,10 @@ from ir_datasets.formats import GenericScoredDoc
 
 from lightning_rank.commands.report import write_and_report
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
-from lightning_rank.datamodules.datamodule import ranked_scores
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.files import read_trec_run
-from lightning_rank.errors import InputError
+from lightning_rank.datamodules.first_stage_runs import ranked_scores
+from lightning_rank.errors import DataError, InputError
 from lightning_rank.runs import Run, check_replaceable
 from lightning_rank.text.score_text import score_texts
 
@@ -70,7 +70,7 @@ def rerank(
         (GenericScoredDoc(q, d, score) for q, docs in listed.items() for d, score in docs.items()), depth
     )
     if not pairs:
-        raise ValueError(f"{run}: the run is empty; nothing to rerank")
+        raise DataError(f"{run}: the run is empty; nothing to rerank")
     queries, texts = run_texts(dataset, candidates, run)  # before the model loads: a wrong run fails at once
     reranker = RerankerModule.from_pretrained(model, trust_remote_code=trust_remote_code).to(
         device or ("cuda" if torch.cuda.is_available() else "cpu")
