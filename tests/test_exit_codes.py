@@ -48,7 +48,13 @@ def assert_crashed(result: subprocess.CompletedProcess, exception: str) -> None:
     assert "error: a bug" not in result.stderr, result.stderr  # not shown as a user mistake
 
 
-@pytest.mark.parametrize("exception", ["ValueError", "KeyError", "RuntimeError", "FileNotFoundError"])
+SLOW = pytest.mark.slow  # one case of each stays in the quick loop (`-m "not slow"`)
+
+
+@pytest.mark.parametrize(
+    "exception",
+    ["ValueError", *(pytest.param(e, marks=SLOW) for e in ("KeyError", "RuntimeError", "FileNotFoundError"))],
+)
 def test_a_bug_in_a_function_subcommand_is_a_traceback_and_exit_1(exception, tmp_path) -> None:
     (tmp_path / "a.trec").write_text(RUN)
     argv = ["fuse", "--run", str(tmp_path / "a.trec"), "--first_stage", str(tmp_path / "a.trec")]
@@ -57,12 +63,13 @@ def test_a_bug_in_a_function_subcommand_is_a_traceback_and_exit_1(exception, tmp
     assert not (tmp_path / "fused.trec").exists()
 
 
+@SLOW
 def test_a_bug_under_bm25_is_a_traceback_and_exit_1(tmp_path) -> None:
     argv = ["bm25", "--dataset", "lightning-rank/demo/dev", "--output", str(tmp_path / "bm25.trec")]
     assert_crashed(crash("lightning_rank.commands.bm25:bm25_run", "ValueError", argv), "ValueError")
 
 
-@pytest.mark.parametrize("exception", ["ValueError", "KeyError"])
+@pytest.mark.parametrize("exception", ["ValueError", pytest.param("KeyError", marks=SLOW)])
 def test_a_bug_in_a_trainer_subcommand_is_a_traceback_and_exit_1(exception, tmp_path) -> None:
     argv = ["validate", "--config", DEMO, "--trainer.default_root_dir", str(tmp_path / "run")]
     target = "lightning_rank.cli.trainer:check_model_fits_data"  # called before any data is read
