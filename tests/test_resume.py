@@ -17,7 +17,8 @@ import pytest
 import torch
 from helpers import DEMO, REPO, cli
 
-from lightning_rank.reranker.module import RerankerModule, _rng_states, _set_rng_states
+from lightning_rank.reranker.module import RerankerModule
+from lightning_rank.reranker.resume import rng_states, set_rng_states
 
 STEPS = 48
 
@@ -83,6 +84,7 @@ def assert_resumes_to_the_uninterrupted_run(root: Path, whole: Path) -> None:
         assert abs(metrics[name] - value) <= 1e-6, (name, metrics, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
@@ -95,6 +97,7 @@ def test_sigkill_then_ckpt_path_last_ends_where_an_uninterrupted_run_ends(
     assert_resumes_to_the_uninterrupted_run(root, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_the_next_step_saves_last_and_resumes_exactly(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
@@ -114,6 +117,7 @@ def test_sigterm_stops_at_the_next_step_saves_last_and_resumes_exactly(
     assert_resumes_to_the_uninterrupted_run(root, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_just_after_our_batch_end_check_still_saves_last_and_resumes_exactly(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
@@ -132,6 +136,7 @@ def test_sigterm_just_after_our_batch_end_check_still_saves_last_and_resumes_exa
     assert_resumes_to_the_uninterrupted_run(root, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_during_validation_in_fit_names_the_checkpoint_kept(tmp_path: Path) -> None:
     """Half a validation is not saved (its metrics could not be resumed): the message says which step the
     newest checkpoint holds, so the user knows what a resume redoes."""
@@ -150,6 +155,7 @@ def test_sigterm_during_validation_in_fit_names_the_checkpoint_kept(tmp_path: Pa
     assert load(last)["global_step"] == 10 and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_a_resume_from_an_epochs_end_starts_the_next_epoch_as_the_uninterrupted_run(tmp_path: Path) -> None:
     """Epochs cut short by ``limit_train_batches``: a resume from the end-of-epoch checkpoint neither
     repeats nor skips a batch (its per-step losses are the uninterrupted run's) and ends at its weights."""
@@ -201,7 +207,7 @@ def test_random_generators_are_restored_with_the_checkpoint() -> None:
     module.on_load_checkpoint(checkpoint)
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
-    _set_rng_states(_rng_states())  # the state survives its own round trip
+    set_rng_states(rng_states())  # the state survives its own round trip
 
 
 def faulty_fit(root: Path, failure: str, fail_at: int, *extra: str) -> subprocess.CompletedProcess:
@@ -214,11 +220,15 @@ def faulty_fit(root: Path, failure: str, fail_at: int, *extra: str) -> subproces
 
 GPU = pytest.param(
     "gpu",
-    marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="async check: GPU only"),
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="async check: GPU only"),
+    ],
 )
 
 
 @pytest.mark.parametrize("accelerator", ["cpu", GPU])
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_queries_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, accelerator: str
 ) -> None:
@@ -236,6 +246,7 @@ def test_nan_loss_stops_with_step_and_queries_and_keeps_the_last_good_checkpoint
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_out_of_memory_names_the_knobs_to_turn(tmp_path: Path) -> None:
     run = faulty_fit(tmp_path, failure="oom", fail_at=3)
     assert run.returncode == 1, run.stderr[-3000:]
@@ -250,6 +261,7 @@ def test_out_of_memory_names_the_knobs_to_turn(tmp_path: Path) -> None:
         assert knob in run.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_predict_at_the_next_batch_and_keeps_the_existing_run_file(tmp_path: Path) -> None:
     """Lightning's predict loop never looked at SIGTERM: it ran to the end and replaced the run file."""
     run_file = tmp_path / "dev.trec"

@@ -214,25 +214,3 @@ def _plain(value: Any) -> Any:
 
 def _shown(value: Any) -> str:
     return repr(_plain(value)) if value is not None else "not set"
-
-
-def retune_resumed_optimizer(module: Any) -> None:
-    """Give a resumed default optimizer the module's ``lr`` and ``weight_decay``: its restored state holds the
-    checkpoint's, so without this ``--model.lr`` given with ``--ckpt_path`` would change nothing. A no-op
-    when they are the checkpoint's (an exact resume) or for a fresh optimizer."""
-    from torch.optim.lr_scheduler import LambdaLR
-
-    if getattr(module, "optimizer_factory", None) is not None:
-        return  # the user's own optimizer factory: its settings are in the factory, not in lr
-    lr, weight_decay = module.hparams.lr, module.hparams.weight_decay
-    for config in module.trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        if not isinstance(scheduler, LambdaLR):
-            continue
-        groups = scheduler.optimizer.param_groups
-        for i, group in enumerate(groups):
-            if scheduler.base_lrs[i] != lr:
-                scheduler.base_lrs[i] = group["initial_lr"] = lr
-                group["lr"] = lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
-        if groups and groups[0]["weight_decay"] != weight_decay:  # the decayed group comes first
-            groups[0]["weight_decay"] = weight_decay

@@ -1,4 +1,8 @@
-"""Export a trained reranker to a plain folder and load it back for inference without Lightning.
+"""Export a trained reranker to a plain folder, and read one back for inference without Lightning.
+
+:func:`export_reranker` writes the folder from the module's parts; :func:`read_export` reads and checks it
+into an :class:`ExportedReranker`, from which ``RerankerModule.from_pretrained`` builds the module (so this
+file never imports the module).
 
 Layout of an export folder::
 
@@ -24,18 +28,17 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
 from lightning_rank.backbones.registry import is_import_path
-from lightning_rank.errors import OutputError, UntrustedCodeError
+from lightning_rank.errors import ConfigError, ModelNotFoundError, OutputError, UntrustedCodeError
 from lightning_rank.reranker.lora import merged_copy
 from lightning_rank.text.input_format import InputFormat
-
-if TYPE_CHECKING:
-    from lightning_rank.reranker.module import RerankerModule
 
 FORMAT_VERSION = 1
 MANIFEST = "reranker.json"
@@ -43,6 +46,15 @@ HEAD = "head.safetensors"
 BACKBONE = "backbone"
 #: everything an export writes at its top level: a folder holding only these (manifest included) is one
 EXPORT_ENTRIES = frozenset({MANIFEST, BACKBONE, HEAD})
+
+
+class Exportable(Protocol):
+    """What an export reads from a reranker (RerankerModule has it): its parts and how it was built."""
+
+    backbone: nn.Module
+    head: nn.Module
+    hparams: Any  # ``backbone`` and ``backbone_args``, as the module was built with
+    input_format: InputFormat | None
 
 
 def is_export(folder: Path) -> bool:
@@ -94,7 +106,7 @@ def check_export_target(folder: str | os.PathLike, overwrite: bool = False) -> P
     return folder
 
 
-def export_reranker(module: RerankerModule, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_reranker(module: Exportable, folder: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``module`` (backbone, head, tokenizer, config) to ``folder``, which must be absent, empty, or an
     earlier export (replaced only with ``overwrite``: :func:`check_export_target`); it appears complete."""
     folder = check_export_target(folder, overwrite)
@@ -108,7 +120,7 @@ def export_reranker(module: RerankerModule, folder: str | os.PathLike, overwrite
     return folder
 
 
-def _write_export(module: RerankerModule, staging: Path) -> None:
+def _write_export(module: Exportable, staging: Path) -> None:
     """Write the export's files into the empty folder ``staging``."""
     backbone = merged_copy(module.backbone)  # LoRA adapters folded into plain weights
     args = dict(module.hparams.get("backbone_args") or {})
@@ -167,22 +179,33 @@ def _move_into(staging: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_reranker(
+@dataclass
+class ExportedReranker:
+    """What an export folder holds, read and checked: enough to rebuild the reranker without Lightning."""
+
+    backbone: str  # entry-point name or import path, as the module's ``backbone``
+    backbone_args: dict[str, Any]  # its constructor arguments, paths resolved into the folder
+    backbone_state: dict[str, Tensor] | None  # None when the backbone loads its own weights (save_pretrained)
+    head_state: dict[str, Tensor]  # the fp32 Linear(hidden, 1) head
+    input_format: InputFormat | None  # None in exports of untrained models and in older exports
+
+
+def read_export(
     folder: str | os.PathLike, trust_remote_code: bool = False, **overrides: Any
-) -> RerankerModule:
-    """Rebuild the exported reranker (in eval mode); ``overrides`` update the backbone's arguments.
+) -> ExportedReranker:
+    """Read the export at ``folder``; ``overrides`` update the backbone's arguments.
 
     Python files of the folder (a backbone config's ``auto_map``) run only with ``trust_remote_code=True``
     from the caller: a manifest that asks for it without the caller's flag is refused, never obeyed."""
-    from lightning_rank.reranker.module import RerankerModule
-
     folder = Path(folder).expanduser().resolve()
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a lightning-rank export: {MANIFEST} is missing")
+        raise ModelNotFoundError(f"{folder} is not a lightning-rank export: {MANIFEST} is missing")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{manifest_path}: format_version {manifest.get('format_version')} is not supported")
+        raise ConfigError(
+            f"{manifest_path}: format_version {manifest.get('format_version')} is not supported"
+        )
     args = dict(manifest["backbone_args"])
     if args.pop("trust_remote_code", False) and not trust_remote_code:
         raise UntrustedCodeError(_untrusted_message(folder, manifest_path))
@@ -191,21 +214,29 @@ def load_reranker(
     for key in ("pretrained", "tokenizer"):
         if args.get(key) == "backbone":
             args[key] = str(folder / "backbone")
-    if manifest["backbone_weights"] == "state_dict":
+    own_weights = manifest["backbone_weights"] == "state_dict"
+    if own_weights:
         args.pop("pretrained", None)
     args.update(overrides)
     if not trust_remote_code:
         _check_backbone_outside(manifest["backbone"], folder, manifest_path)
-    module = RerankerModule(backbone=manifest["backbone"], backbone_args=args)
-    if manifest["backbone_weights"] == "state_dict":
-        module.backbone.load_state_dict(load_file(folder / "backbone" / "weights.safetensors"))
-    module.head.load_state_dict(load_file(folder / "head.safetensors"))
-    if manifest.get("input_format"):  # absent from exports of untrained models and from older exports
-        try:
-            module.input_format = InputFormat(**manifest["input_format"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{manifest_path}: input_format {manifest['input_format']!r}: {err}") from None
-    return module.eval()
+    return ExportedReranker(
+        backbone=manifest["backbone"],
+        backbone_args=args,
+        backbone_state=load_file(folder / "backbone" / "weights.safetensors") if own_weights else None,
+        head_state=load_file(folder / "head.safetensors"),
+        input_format=_input_format(manifest, manifest_path),
+    )
+
+
+def _input_format(manifest: dict[str, Any], manifest_path: Path) -> InputFormat | None:
+    """The training's input format the manifest records, if any; a malformed one is named."""
+    if not manifest.get("input_format"):
+        return None
+    try:
+        return InputFormat(**manifest["input_format"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{manifest_path}: input_format {manifest['input_format']!r}: {err}") from None
 
 
 def _check_backbone_outside(name: str, folder: Path, manifest_path: Path) -> None:
