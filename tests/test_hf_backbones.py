@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY
 from torch import Tensor, nn
 from transformers import AutoModel
 
-from lightning_rank.backbones import hf
+from lightning_rank.backbones import hub
 from lightning_rank.backbones.hf import (
     BertBackbone,
     HFBackbone,
@@ -23,16 +24,8 @@ from lightning_rank.backbones.hf import (
     RobertaBackbone,
 )
 from lightning_rank.errors import HubModelNotCachedError
-from lightning_rank.text.builtin_tokenizer import VOCABULARY
 from lightning_rank.text.templates import CAUSAL_TEMPLATE
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
-NO_DROPOUT = {
-    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-    "roberta": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-    "pythia": {"hidden_dropout": 0.0, "attention_dropout": 0.0},
-    "llama": {"attention_dropout": 0.0, "num_key_value_heads": 2},
-}
 CLASSES: dict[str, type[HFBackbone]] = {
     "bert": BertBackbone,
     "roberta": RobertaBackbone,
@@ -45,22 +38,12 @@ LAYER_NAMES = {
     "pythia": "GPTNeoXLayer",
     "llama": "LlamaDecoderLayer",
 }
-NAMES = list(CLASSES)
 
 
 def make(name: str, seed: int = 0, **kwargs) -> HFBackbone:
     torch.manual_seed(seed)
     config = {**TINY, **NO_DROPOUT[name], **kwargs.pop("config", {})}
     return CLASSES[name](config=config, tokenizer="builtin:words", **kwargs)
-
-
-def words(start: int, n: int) -> str:
-    return " ".join(VOCABULARY[(start + 7 * i) % len(VOCABULARY)] for i in range(n))
-
-
-# One short pair, then longer ones that force padding of the short one.
-QUERIES = [words(0, 2), words(11, 5), words(23, 3), words(37, 6)]
-DOCUMENTS = [words(100, 3), words(200, 25), words(300, 12), words(400, 40)]
 
 
 def collate(backbone: HFBackbone, queries: list[str], documents: list[str]) -> dict[str, Tensor]:
@@ -247,8 +230,8 @@ def test_uncached_hub_id_fails_fast_offline() -> None:
 
 
 def test_uncached_hub_id_fails_fast_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hf, "_offline_env", lambda: False)
-    monkeypatch.setattr(hf, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "is_offline", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     with pytest.raises(HubModelNotCachedError, match=r"cannot be reached.*downloaded first"):
         LlamaBackbone(pretrained="lightning-rank/no-such-model")
 

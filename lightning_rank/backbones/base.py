@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from lightning_rank.backbones import hub
 from lightning_rank.text.builtin_tokenizer import BUILTIN_PREFIX, build_builtin_tokenizer
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR_STYLES, PairTemplate
 
@@ -32,15 +33,22 @@ class Backbone(nn.Module):
     tokenizer: PreTrainedTokenizerBase
     template: PairTemplate
 
-    def _init_text(self, tokenizer: str | None, pretrained: str | None, template: str | None) -> None:
-        """Load the tokenizer (hub id, local folder or ``builtin:<name>``) and the pair template."""
+    def _init_text(
+        self,
+        tokenizer: str | None,
+        pretrained: str | None,
+        template: str | None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        """Load the tokenizer (hub id, local folder or ``builtin:<name>``; code it ships runs only with
+        ``trust_remote_code``) and the pair template."""
         source = tokenizer or pretrained
         if source is None:
             raise ValueError(
                 f"{type(self).__name__} needs a tokenizer: set 'tokenizer' (a hub id, a local folder or "
                 f"'{BUILTIN_PREFIX}words') or 'pretrained'"
             )
-        self.tokenizer = load_tokenizer(source)
+        self.tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
         text = template or self.default_template
         self.template = PairTemplate(text, append_eos=text not in PAIR_STYLES, prepend_bos=self.prepend_bos)
         self.template.check_tokenizer(self.tokenizer, source)
@@ -108,12 +116,16 @@ class Backbone(nn.Module):
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
 
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """A fast tokenizer from a hub id, a local folder, or an in-process ``builtin:<name>`` tokenizer."""
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A fast tokenizer from a hub id or a local folder (resolved by :mod:`~lightning_rank.backbones.hub`;
+    Python code it ships runs only with ``trust_remote_code``), or an in-process ``builtin:<name>`` one."""
     if source.startswith(BUILTIN_PREFIX):
         tokenizer = build_builtin_tokenizer(source)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+        with hub.hub_errors(source, "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(
+                hub.resolve(source, "tokenizer"), use_fast=True, trust_remote_code=trust_remote_code
+            )
     tokenizer.padding_side = "right"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

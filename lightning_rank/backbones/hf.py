@@ -1,8 +1,8 @@
 """Transformers backbones (BERT, RoBERTa, Pythia, Llama, ...) loaded through ``AutoModel`` (no LM head).
 
 One generic :class:`HFBackbone` does the work; the subclasses only fix the architecture (``model_type``, for
-random init), the pooling and the input template. Hub ids resolve offline-safely: an id that is not in the
-local Hugging Face cache fails fast when the hub cannot be reached instead of retrying for half a minute.
+random init), the pooling and the input template. ``pretrained`` and ``tokenizer`` become files by the one
+policy of :mod:`lightning_rank.backbones.hub` (offline-safe, fails fast on an id that is not cached).
 """
 
 from __future__ import annotations
@@ -12,29 +12,22 @@ import importlib.util
 import inspect
 import os
 import re
-import socket
 import warnings
-from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from lightning_rank.backbones import hub
 from lightning_rank.backbones.base import Backbone, Pooling
-from lightning_rank.errors import HubModelNotCachedError
-from lightning_rank.text.builtin_tokenizer import BUILTIN_PREFIX
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR
 
 AttnImplementation = Literal["sdpa", "flash_attention_2", "eager"]
 DType = Literal["float32", "bfloat16", "float16"]
 
-_TRUE = {"1", "ON", "YES", "TRUE"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _LAYER_NAME = re.compile(r"(Layer|Block)$")
-_PROBE_TIMEOUT_S = 3.0
 
 
 def _without_pooler(config: PretrainedConfig) -> dict[str, Any]:
@@ -84,8 +77,8 @@ class HFBackbone(Backbone):
                 ``pip install lightning-rank[flash]``, CUDA and fp16/bf16) or ``"eager"``.
             gradient_checkpointing: Recompute each layer's activations in the backward pass (less memory).
             dtype: Parameter dtype; None keeps float32 weights (mixed precision is the trainer's job).
-            trust_remote_code: Run Python code the checkpoint ships (an ``auto_map`` in its config), from the
-                hub or a local folder; off unless the user asks for it.
+            trust_remote_code: Run Python code the checkpoint or its tokenizer ships (an ``auto_map`` in
+                its config), from the hub or a local folder; off unless the user asks for it.
             pooling: The state the head scores: ``"first"`` token, ``"last"`` real token or ``"mean"`` over
                 real tokens; defaults to the backbone's own (first for encoders, last for decoders).
                 ``"mean"`` suits checkpoints trained with mean pooling, such as sentence-transformers models.
@@ -99,9 +92,9 @@ class HFBackbone(Backbone):
         self.pretrained = pretrained
         if pooling is not None:
             self.pooling = pooling
-        pretrained_source = resolve_source(pretrained, "pretrained") if pretrained else None
-        tokenizer_source = resolve_source(tokenizer, "tokenizer") if tokenizer else None
-        self._init_text(tokenizer_source, pretrained_source, template)
+        pretrained_source = hub.resolve(pretrained, "pretrained") if pretrained else None
+        tokenizer_source = hub.resolve(tokenizer, "tokenizer") if tokenizer else None
+        self._init_text(tokenizer_source, pretrained_source, template, trust_remote_code=trust_remote_code)
         torch_dtype = getattr(torch, dtype) if dtype else torch.float32
         overrides = dict(config or {})
         if pretrained_source is None:
@@ -114,23 +107,25 @@ class HFBackbone(Backbone):
                 **_without_pooler(model_config),
             )
         else:
-            model_config = AutoConfig.from_pretrained(
-                pretrained_source, trust_remote_code=trust_remote_code, **overrides
-            )
+            with hub.hub_errors(pretrained, "pretrained"):
+                model_config = AutoConfig.from_pretrained(
+                    pretrained_source, trust_remote_code=trust_remote_code, **overrides
+                )
             if self.model_type is not None and model_config.model_type != self.model_type:
                 warnings.warn(
                     f"{type(self).__name__} expects model_type {self.model_type!r} but {pretrained!r} is "
                     f"{model_config.model_type!r}; check pooling and template",
                     stacklevel=2,
                 )
-            self.model = AutoModel.from_pretrained(
-                pretrained_source,
-                config=model_config,
-                dtype=torch_dtype,
-                attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code,
-                **_without_pooler(model_config),
-            )
+            with hub.hub_errors(pretrained, "pretrained"):
+                self.model = AutoModel.from_pretrained(
+                    pretrained_source,
+                    config=model_config,
+                    dtype=torch_dtype,
+                    attn_implementation=attn_implementation,
+                    trust_remote_code=trust_remote_code,
+                    **_without_pooler(model_config),
+                )
         self._drop_pooler()  # a model class outside transformers' mapping (remote code) may still have one
         self._cover_tokenizer()
         self._check_position_padding()
@@ -366,60 +361,10 @@ class LlamaBackbone(HFBackbone):
     prepend_bos = True
 
 
-# -- sources ------------------------------------------------------------------------------------------------
+# -- tokenizer size -----------------------------------------------------------------------------------------
 
 
 def _tokenizer_span(tokenizer: Any) -> int:
     """How many embedding rows the tokenizer's ids need (its size, or its largest id + 1 if sparse)."""
     top = max(tokenizer.get_vocab().values(), default=-1)
     return max(len(tokenizer), top + 1)
-
-
-def _offline_env() -> bool:
-    """Offline mode, read at call time (the hub library reads its flag once, at import)."""
-    from huggingface_hub import constants
-
-    env = any(os.environ.get(k, "").upper() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return env or bool(constants.HF_HUB_OFFLINE)
-
-
-@functools.cache
-def _hub_reachable() -> bool:
-    """Whether the hub endpoint answers a TCP connect within a few seconds (assumed yes behind a proxy)."""
-    from huggingface_hub import constants
-
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-def resolve_source(source: str, what: str) -> str:
-    """A local folder, builtin tokenizer or hub id as given; a hub id becomes its cached snapshot folder when
-    the hub is offline or unreachable, and fails fast when it is not cached."""
-    if source.startswith(BUILTIN_PREFIX):
-        return source
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists() or not _HUB_ID.match(source) or source.startswith((".", "~")):
-        raise FileNotFoundError(f"{what} {source!r} is neither a local folder nor a Hugging Face hub id")
-    offline = _offline_env()
-    if not offline and _hub_reachable():
-        return source
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return str(snapshot_download(source, local_files_only=True))
-    except Exception as err:  # LocalEntryNotFoundError, or a malformed cache entry
-        reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
-        raise HubModelNotCachedError(
-            f"{what} {source!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"{reason}: it must be downloaded first, e.g. `hf download {source}` with network access, or "
-            "pass a local folder instead"
-        ) from err

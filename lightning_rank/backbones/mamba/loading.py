@@ -12,7 +12,6 @@ The layout is detected from ``config.json``; inside the model everything uses ma
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lightning_rank.backbones import hub
 from lightning_rank.backbones.mamba.config import Mamba1Config, Mamba2Config, MambaConfig, round_up
 
 Layout = Literal["mamba_ssm", "transformers"]
@@ -47,37 +47,12 @@ class Checkpoint:
     state_dict: dict[str, Tensor]
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def resolve_pretrained(source: str) -> Path:
-    """A local folder, or the local snapshot of a hub id (downloaded through huggingface_hub if needed).
-
-    Offline (``HF_HUB_OFFLINE=1`` or no network) and not cached, this fails at once with a message naming the
-    id and how to fetch it; it never waits on the network when offline.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise FileNotFoundError(f"pretrained={source!r} is not a folder with a Mamba checkpoint")
-    from huggingface_hub import snapshot_download
-
-    offline = _offline()
-    try:
-        folder = Path(snapshot_download(source, allow_patterns=_HUB_PATTERNS, local_files_only=offline))
-        if not any(folder.glob("model*.safetensors")):
-            folder = Path(
-                snapshot_download(source, allow_patterns=["pytorch_model*.bin"], local_files_only=offline)
-            )
-    except Exception as err:
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
-        raise OSError(
-            f"cannot load the Mamba checkpoint {source!r}: it is not in the local Hugging Face cache and "
-            f"{why} ({type(err).__name__}). It must be downloaded first, on a machine with network: "
-            f"`hf download {source}` (or `huggingface-cli download {source}`), or pass a local folder"
-        ) from err
+    """A local folder, or the snapshot folder of a hub id with its config, tokenizer and weights, by the
+    policy of :mod:`lightning_rank.backbones.hub` (offline and not cached: a fast error naming the fix)."""
+    folder = hub.local_folder(source, "pretrained", _HUB_PATTERNS)
+    if not any(folder.glob("model*.safetensors")) and not Path(source).expanduser().is_dir():
+        folder = hub.snapshot(source, "pretrained", ["pytorch_model*.bin"])
     return folder
 
 
