@@ -15,7 +15,7 @@ from lightning_rank.commands.report import write_and_report
 from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.files import read_trec_run
-from lightning_rank.errors import InputError, check_sizes
+from lightning_rank.errors import DataError, InputError, UntrustedCodeError, check_sizes
 from lightning_rank.runs import Run, check_replaceable
 
 
@@ -30,7 +30,7 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
             "`lightning-rank dense` needs sentence-transformers: pip install -e '.[bench]' "
             "(or pip install sentence-transformers)"
         ) from err
-    from lightning_rank.backbones.hf import resolve_source
+    from lightning_rank.backbones.hub import resolve as resolve_source
     from lightning_rank.errors import HubModelNotCachedError
 
     try:
@@ -38,7 +38,16 @@ def load_bi_encoder(model: str, max_length: int | None, device: str | None) -> A
     except HubModelNotCachedError as err:
         raise InputError(str(err)) from err
     # a folder's modules.json may name its own Python classes: they never run (sentence-transformers >= 6)
-    encoder = SentenceTransformer(source, device=device, trust_remote_code=False)
+    try:
+        encoder = SentenceTransformer(source, device=device, trust_remote_code=False)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise UntrustedCodeError(
+            f"--model {model}: the folder names a module class of its own Python code, which lightning-rank "
+            "never imports (trust_remote_code is off); use a sentence-transformers model built from its own "
+            "modules"
+        ) from err
     if max_length is not None:
         encoder.max_seq_length = max_length
     return encoder
@@ -97,7 +106,7 @@ def dense(
     check_replaceable(output, "run")  # before the model loads
     candidates = read_trec_run(run)
     if not candidates:
-        raise ValueError(f"{run}: the run is empty; nothing to rescore")
+        raise DataError(f"{run}: the run is empty; nothing to rescore")
     start = time.perf_counter()
     queries, texts = run_texts(dataset, candidates, run)  # before the model loads: a wrong run fails at once
     encoder = load_bi_encoder(model, max_length, device)
