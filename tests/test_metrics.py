@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lightning_rank import metrics
+from lightning_rank import runs
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.metrics import RankingMetrics, evaluate_run
 from lightning_rank.runs import write_trec_run
@@ -256,7 +256,7 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path: Path, monkeypatch
     def broken_fsync(fd: int) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(metrics.os, "fsync", broken_fsync)
+    monkeypatch.setattr(runs.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_trec_run(RUN, path)
     assert path.read_text() == "q0 Q0 d0 1 1.0 previous\n"
