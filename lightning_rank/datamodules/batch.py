@@ -8,7 +8,6 @@ padded on its own (:class:`BucketedRows`), or packed rows in which several pairs
 (:class:`EvalFields`).
 """
 
-
 from typing import NotRequired, TypedDict
 
 from torch import Tensor
