@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -78,3 +81,29 @@ def test_a_folder_that_is_not_an_export_or_a_run_of_another_dataset_is_refused(
         and "none of the run's queries is a query of lightning-rank/demo/dev" in done.stderr
     )
     assert not (tmp_path / "out.trec").exists()
+
+
+def keep_only_format_version(manifest: Path) -> None:
+    manifest.write_text(json.dumps({"format_version": json.loads(manifest.read_text())["format_version"]}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda f: (f / "reranker.json").write_text("{not json"), "reranker.json: not valid JSON"),
+        (lambda f: (f / "reranker.json").write_text("[]"), "reranker.json: expected a JSON object"),
+        (
+            lambda f: (f / "reranker.json").write_text('{"format_version": 1}'),
+            "reranker.json: missing backbone",
+        ),
+        (lambda f: (f / "head.safetensors").unlink(), "head.safetensors is missing"),
+    ],
+    ids=["invalid-json", "not-an-object", "missing-keys", "missing-head"],
+)
+def test_a_damaged_export_is_one_error_naming_the_file(trained, predicted, tmp_path, capsys, damage, needle):
+    """A truncated or hand-edited export folder is exit 2 naming what is wrong, not a KeyError traceback."""
+    export = shutil.copytree(trained[1], tmp_path / "export")
+    damage(export)
+    done = rerank(capsys, export, predicted, tmp_path / "out.trec")
+    assert done.returncode == 2 and needle in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out.trec").exists()

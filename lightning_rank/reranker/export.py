@@ -201,11 +201,31 @@ def read_export(
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise ModelNotFoundError(f"{folder} is not a lightning-rank export: {MANIFEST} is missing")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"{manifest_path}: not valid JSON ({err}); export the checkpoint again with lightning-rank export"
+        ) from err
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ConfigError(
             f"{manifest_path}: format_version {manifest.get('format_version')} is not supported"
         )
+    missing = [key for key in ("backbone", "backbone_args", "backbone_weights") if key not in manifest]
+    if missing or not isinstance(manifest["backbone_args"], dict):
+        raise ConfigError(
+            f"{manifest_path}: "
+            + (f"missing {', '.join(missing)}" if missing else "backbone_args is not an object")
+            + "; export the checkpoint again with lightning-rank export"
+        )
+    for weights in (
+        "head.safetensors",
+        *(["backbone/weights.safetensors"] if manifest["backbone_weights"] == "state_dict" else []),
+    ):
+        if not (folder / weights).is_file():
+            raise ModelNotFoundError(f"{folder}: {weights} is missing; export the checkpoint again")
     args = dict(manifest["backbone_args"])
     if args.pop("trust_remote_code", False) and not trust_remote_code:
         raise UntrustedCodeError(_untrusted_message(folder, manifest_path))
