@@ -293,22 +293,7 @@ def test_malformed_local_collections_are_one_error(source, needle):
         register_local("settings", source)
 
 
-JSONARGPARSE = (
-    "jsonargparse parses local_collections as dict[str, str | LocalFiles] before register_local sees it"
-)
-
-
-@pytest.mark.parametrize(
-    ("source", "needle"),
-    [
-        pytest.param(
-            *MALFORMED[0], marks=pytest.mark.xfail(strict=True, reason=f"{JSONARGPARSE}: drops 'qrel'")
-        ),
-        pytest.param(*MALFORMED[1], marks=pytest.mark.xfail(strict=True, reason=f"{JSONARGPARSE}: a str")),
-        pytest.param(*MALFORMED[2], marks=pytest.mark.xfail(strict=True, reason=f"{JSONARGPARSE}: 20 lines")),
-        pytest.param(*MALFORMED[3], marks=pytest.mark.xfail(strict=True, reason=f"{JSONARGPARSE}: a str")),
-    ],
-)
+@pytest.mark.parametrize(("source", "needle"), MALFORMED)
 def test_malformed_local_collections_through_the_cli_are_one_error(tmp_path, capsys, source, needle):
     status, stderr = bm25(capsys, "settings-cli", source, tmp_path / "run.trec")
     assert_one_error(status, stderr, f"error: local collection 'settings-cli': {needle}")

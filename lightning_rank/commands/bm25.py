@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import bm25s
 import Stemmer
 
 from lightning_rank.commands.report import write_and_report
-from lightning_rank.datamodules.collections import LocalFiles, load_dataset, register_local, require_dataset
+from lightning_rank.datamodules.collections import load_dataset, register_local, require_dataset
 from lightning_rank.errors import DataError, check_at_least, check_between
 from lightning_rank.runs import check_replaceable
 
@@ -107,7 +108,7 @@ def bm25(
     k1: float = 0.9,
     b: float = 0.4,
     stemmer: str | None = "english",
-    local_collections: dict[str, str | LocalFiles] | None = None,
+    local_collections: dict[str, Any] | None = None,
     measures: list[str] | None = None,
     tag: str = "bm25",
     judged: bool = False,

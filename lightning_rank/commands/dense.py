@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from lightning_rank.commands.report import write_and_report
-from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
+from lightning_rank.datamodules.collections import register_local, require_dataset
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.errors import DataError, InputError, UntrustedCodeError, check_sizes
@@ -79,7 +79,7 @@ def dense(
     max_length: int | None = None,
     batch_size: int = 64,
     device: str | None = None,
-    local_collections: dict[str, str | LocalFiles] | None = None,
+    local_collections: dict[str, Any] | None = None,
     measures: list[str] | None = None,
     tag: str = "dense",
 ) -> dict[str, float]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from lightning_rank.datamodules.collections import (
-    LocalFiles,
     load_dataset,
     register_local,
     require_dataset,
@@ -85,7 +84,7 @@ def fuse(
     qrels: str | None = None,
     measure: str = "nDCG@10",
     normalization: Normalization = "zscore",
-    local_collections: dict[str, str | LocalFiles] | None = None,
+    local_collections: dict[str, Any] | None = None,
     measures: list[str] | None = None,
     tag: str = "fused",
 ) -> float:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import torch
 from ir_datasets.formats import GenericScoredDoc
 
 from lightning_rank.commands.report import write_and_report
-from lightning_rank.datamodules.collections import LocalFiles, register_local, require_dataset
+from lightning_rank.datamodules.collections import register_local, require_dataset
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.first_stage_runs import ranked_scores
@@ -32,7 +33,7 @@ def rerank(
     depth: int = 100,
     batch_size: int = 64,
     device: str | None = None,
-    local_collections: dict[str, str | LocalFiles] | None = None,
+    local_collections: dict[str, Any] | None = None,
     measures: list[str] | None = None,
     tag: str = "reranker",
     trust_remote_code: bool = False,

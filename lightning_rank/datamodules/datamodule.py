@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.collections import (
-    LocalFiles,
     load_dataset,
     reading,
     register_local,
@@ -67,7 +66,7 @@ class RerankDataModule(pl.LightningDataModule):
         val_run: str | None = None,
         test_run: str | None = None,
         predict_run: str | None = None,
-        local_collections: dict[str, str | LocalFiles] | None = None,
+        local_collections: dict[str, Any] | None = None,
         train_source: Literal["run", "docpairs"] = "run",
         teacher_run: str | None = None,
         teacher_missing: TeacherMissing = "skip",
