@@ -161,3 +161,23 @@ def test_fit_with_a_max_length_the_template_fills_exits_2(tmp_path):
                  "--trainer.max_steps=1", timeout=180)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "error: data.max_length 6 leaves no token for the document" in result.stderr
+
+
+def test_a_backbone_config_number_from_the_command_line_is_read_as_a_number_or_named(tmp_path, capsys):
+    """``--model.backbone_args.config.d_model 16`` arrives as text: it means 16; text that is no number is one
+    error naming the field, before any data is read."""
+    from lightning_rank.backbones.mamba.config import Mamba1Config
+
+    config = Mamba1Config(d_model="16", n_layer="2", norm_epsilon=1, conv_bias="false")
+    assert (config.d_model, config.n_layer, config.conv_bias) == (16, 2, False)
+    assert isinstance(config.norm_epsilon, float) and config.dt_rank == 1
+    with pytest.raises(ConfigError, match=r"Mamba1Config.d_model must be int, got 1.5"):
+        Mamba1Config(d_model=1.5)
+    capsys.readouterr()
+    status = main(["validate", "--config", DEMO, "--model.backbone_args.config.d_model", "sixteen",
+                   "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 2 and errors == [
+        "error: Mamba1Config.d_model must be int, got 'sixteen'; "
+        "set e.g. d_model: 768 in the backbone's config"
+    ]

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from lightning_rank.errors import ConfigError
+
 # Keys of mamba_ssm's MixerModel config (config.json at the top level); everything else lives in ssm_cfg.
 _TOP_LEVEL = (
     "d_model",
@@ -35,6 +37,19 @@ def _json_float(value: Any) -> float:
     if isinstance(value, dict) and "__float__" in value:
         return float(value["__float__"])
     return float(value)
+
+
+_SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
+
+
+def _from_text(text: str, kind: type) -> int | float | bool | None:
+    """``text`` read as ``kind``, or None when it is not one."""
+    if kind is bool:
+        return {"true": True, "false": False}.get(text.strip().lower())
+    try:
+        return kind(text)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -66,12 +81,32 @@ class _BaseConfig:
     block_norm: str = "eager"
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not self.rms_norm:
-            raise ValueError(
+            raise ConfigError(
                 "only RMSNorm Mamba models are supported (rms_norm=True), as in the released ones"
             )
         if self.block_norm not in ("eager", "compiled"):
-            raise ValueError(f"block_norm must be 'eager' or 'compiled', not {self.block_norm!r}")
+            raise ConfigError(f"block_norm must be 'eager' or 'compiled', not {self.block_norm!r}")
+
+    def _check_types(self) -> None:
+        """Each int, float and bool field holds one; a number given as text (a command-line override such
+        as ``--model.backbone_args.config.d_model 16``) is read as that number, anything else is named."""
+        for f in dataclasses.fields(self):
+            kind = _SCALAR_TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is None or (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+                continue
+            parsed = _from_text(value, kind) if isinstance(value, str) else None
+            if parsed is None:
+                raise ConfigError(
+                    f"{type(self).__name__}.{f.name} must be {kind.__name__}, got {value!r}; "
+                    f"set e.g. {f.name}: {f.default!r} in the backbone's config"
+                )
+            setattr(self, f.name, parsed)
 
     @property
     def d_inner(self) -> int:
@@ -85,7 +120,7 @@ class _BaseConfig:
     def _check_keys(cls, values: dict[str, Any]) -> None:
         unknown = set(values) - cls.field_names()
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(cls.field_names())}"
             )
 
