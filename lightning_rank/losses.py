@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_rank.errors import ConfigError
+
 __all__ = [
     "BinaryCrossEntropy",
     "GroupCrossEntropy",
@@ -52,27 +54,27 @@ class RankingLoss(nn.Module):
         """Mean loss over the Q groups of ``scores`` ``[Q, G]`` with graded ``labels`` ``[Q, G]``."""
         name = type(self).__name__
         if scores.dim() != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: scores must be [Q, G] (groups x documents), got shape {tuple(scores.shape)}"
             )
         if labels.shape != scores.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: labels shape {tuple(labels.shape)} does not match "
                 f"scores shape {tuple(scores.shape)}"
             )
         if scores.shape[0] == 0 or scores.shape[1] < self.min_group_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: needs at least 1 group of at least {self.min_group_size} documents, "
                 f"got scores of shape {tuple(scores.shape)}"
             )
         if self.needs_teacher:
             if teacher_scores is None:
-                raise ValueError(
+                raise ConfigError(
                     f"{name} is a distillation loss and needs teacher_scores [Q, G]; provide teacher scores "
                     "in the training data (e.g. a scored docpairs/run file) or pick a loss without a teacher"
                 )
             if teacher_scores.shape != scores.shape:
-                raise ValueError(
+                raise ConfigError(
                     f"{name}: teacher_scores shape {tuple(teacher_scores.shape)} does not match scores "
                     f"shape {tuple(scores.shape)}"
                 )
@@ -101,14 +103,14 @@ class GroupCrossEntropy(RankingLoss):
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
         positive = labels > 0
         missing = int((~positive.any(dim=1)).sum())
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"GroupCrossEntropy needs at least one positive (label > 0) in every group; "
                 f"{missing} of {labels.shape[0]} groups have none"
             )
@@ -129,7 +131,7 @@ class BinaryCrossEntropy(RankingLoss):
     def __init__(self, pos_weight: float = 1.0) -> None:
         super().__init__()
         if pos_weight <= 0:
-            raise ValueError(f"pos_weight must be > 0, got {pos_weight}")
+            raise ConfigError(f"pos_weight must be > 0, got {pos_weight}")
         self.pos_weight = pos_weight
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
@@ -197,7 +199,7 @@ class LambdaLoss(RankingLoss):
     ) -> None:
         super().__init__()
         if scheme not in ("ndcgLoss2++", "lambdaRank"):
-            raise ValueError(f"scheme must be 'ndcgLoss2++' or 'lambdaRank', got {scheme!r}")
+            raise ConfigError(f"scheme must be 'ndcgLoss2++' or 'lambdaRank', got {scheme!r}")
         self.scheme = scheme
         self.mu = mu
         self.sigma = sigma
@@ -240,7 +242,7 @@ class ListNet(RankingLoss):
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
@@ -294,7 +296,7 @@ class KLDistillation(RankingLoss):
     ) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.standardize = standardize
         self.negatives_only = negatives_only
@@ -332,13 +334,13 @@ class WeightedSum(RankingLoss):
     def __init__(self, losses: list[RankingLoss], weights: list[float]) -> None:
         super().__init__()
         if not losses:
-            raise ValueError("WeightedSum needs at least one loss")
+            raise ConfigError("WeightedSum needs at least one loss")
         if len(weights) != len(losses):
-            raise ValueError(
+            raise ConfigError(
                 f"WeightedSum: {len(losses)} losses but {len(weights)} weights; give one weight each"
             )
         if any(w < 0 for w in weights):
-            raise ValueError(f"WeightedSum: weights must be >= 0, got {weights}")
+            raise ConfigError(f"WeightedSum: weights must be >= 0, got {weights}")
         self.losses = nn.ModuleList(losses)
         self.weights = list(weights)
         self.needs_teacher = any(loss.needs_teacher for loss in losses)  # shadows the ClassVar per instance

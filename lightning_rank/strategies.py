@@ -19,6 +19,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 
+from lightning_rank.errors import ConfigError
+
 ShardingStrategy = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
 
 
@@ -32,7 +34,7 @@ def backbone_block_classes(module: nn.Module) -> tuple[type[nn.Module], ...]:
         )
     classes = tuple(backbone.block_classes())
     if not classes:
-        raise ValueError(f"{type(backbone).__name__}.block_classes() is empty: FSDP would wrap nothing")
+        raise ConfigError(f"{type(backbone).__name__}.block_classes() is empty: FSDP would wrap nothing")
     return classes
 
 
@@ -232,7 +234,7 @@ def optimizer_state_by_name(
     saved = [group["params"] for group in state["param_groups"]]
     current = [group["params"] for group in optimizer.param_groups]
     if [len(g) for g in saved] != [len(g) for g in current]:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint's optimizer has parameter groups of sizes {[len(g) for g in saved]}, this "
             f"model's {[len(g) for g in current]}: it belongs to another model or other frozen parameters"
         )

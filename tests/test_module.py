@@ -63,7 +63,9 @@ def test_unknown_measure_fails_at_construction():
 
 
 def test_unknown_backbone_argument_names_the_valid_ones():
-    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['hiden_size'\].*valid arguments"):
+    from lightning_rank.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown argument\(s\) \['hiden_size'\].*valid arguments"):
         RerankerModule(backbone="bert", backbone_args={**TINY_BERT, "hiden_size": 3})
 
 

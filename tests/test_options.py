@@ -181,3 +181,26 @@ def test_a_backbone_config_number_from_the_command_line_is_read_as_a_number_or_n
         "error: Mamba1Config.d_model must be int, got 'sixteen'; "
         "set e.g. d_model: 768 in the backbone's config"
     ]
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        (["--model.backbone_args.hiden_size", "3"], "got unknown argument(s) ['hiden_size']"),
+        (["--model.loss", "lightning_rank.losses.GroupCrossEntropy", "--model.loss.temperature", "0"],
+         "temperature must be > 0, got 0.0"),
+        (["--model.frozen", "[no_such_layer]"], "model.frozen: pattern 'no_such_layer' matches no parameter"),
+        (["--model.backbone_args.use_kernels", "sometimes"], "use_kernels must be 'auto', 'always' or"),
+    ],
+    ids=["backbone-argument", "loss-argument", "frozen-pattern", "kernel-mode"],
+)  # fmt: skip
+def test_a_wrong_model_setting_is_one_error_not_a_traceback(tmp_path, capsys, override, needle):
+    """Settings a trainer subcommand passes to the model, the backbone and the loss: a mistake in one is
+    exit 2 with the message naming it (a plain ValueError/TypeError there reads as a bug: exit 1)."""
+    capsys.readouterr()
+    status = main(["fit", "--config", DEMO, *override, "--trainer.default_root_dir", str(tmp_path),
+                   "--trainer.max_epochs", "1"])  # fmt: skip
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert status == 2 and len(errors) == 1 and needle in errors[0], stderr
+    assert "Traceback" not in stderr and not list(tmp_path.rglob("*.ckpt"))

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lightning_rank.backbones import hub
+from lightning_rank.errors import ConfigError
 from lightning_rank.text.builtin_tokenizer import BUILTIN_PREFIX, build_builtin_tokenizer
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR_STYLES, PairTemplate
 
@@ -44,7 +45,7 @@ class Backbone(nn.Module):
         ``trust_remote_code``) and the pair template."""
         source = tokenizer or pretrained
         if source is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs a tokenizer: set 'tokenizer' (a hub id, a local folder or "
                 f"'{BUILTIN_PREFIX}words') or 'pretrained'"
             )

@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from lightning_rank.backbones import hub
 from lightning_rank.backbones.base import Backbone, Pooling
+from lightning_rank.errors import ConfigError
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR
 
 AttnImplementation = Literal["sdpa", "flash_attention_2", "eager"]
@@ -143,7 +144,7 @@ class HFBackbone(Backbone):
         """The config of a randomly initialised model, with token ids and vocab size from the tokenizer."""
         model_type = overrides.pop("model_type", None) or self.model_type
         if model_type is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} without 'pretrained' needs config['model_type'], e.g. 'bert'"
             )
         tok = self.tokenizer

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
-from lightning_rank.errors import UnknownBackboneError
+from lightning_rank.errors import ConfigError, UnknownBackboneError
 
 if TYPE_CHECKING:
     from lightning_rank.backbones.base import Backbone
@@ -115,7 +115,7 @@ def _load(name: str) -> type[Backbone]:
         origin = f" (from {entry.origin})" if entry else ""
         raise ImportError(f"backbone {name!r}{origin} failed to import {target}: {err!r}") from err
     if not (isinstance(cls, type) and issubclass(cls, Backbone)):
-        raise TypeError(
+        raise ConfigError(
             f"backbone {name!r} points at {target}, which is not a lightning_rank Backbone subclass"
         )
     return cls
@@ -149,7 +149,7 @@ def build_backbone(name: str, args: dict | None = None) -> Backbone:
         unknown = sorted(set(args) - set(params) - {"self"})
         if unknown:
             valid = sorted(p for p in params if p != "self")
-            raise TypeError(
+            raise ConfigError(
                 f"backbone {name!r} ({cls.__name__}) got unknown argument(s) {unknown}; "
                 f"valid arguments: {valid}"
             )

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_rank.callbacks.step_timing import Intervals, Mark, StepClock, device_now, seconds
+from lightning_rank.errors import ConfigError
 
 __all__ = ["TokensPerSecond"]
 
@@ -93,11 +94,11 @@ class TokensPerSecond(Callback):
     ) -> None:
         super().__init__()
         if window_size < 1:
-            raise ValueError(f"window_size must be >= 1, got {window_size}")
+            raise ConfigError(f"window_size must be >= 1, got {window_size}")
         if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+            raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if log_every_n_steps is not None and log_every_n_steps < 0:
-            raise ValueError(f"log_every_n_steps must be >= 0 or None, got {log_every_n_steps}")
+            raise ConfigError(f"log_every_n_steps must be >= 0 or None, got {log_every_n_steps}")
         self.window_size = window_size
         self.warmup_steps = warmup_steps
         self.log_every_n_steps = log_every_n_steps

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lightning_rank.errors import ConfigError
+
 
 @dataclass
 class LoraSettings:
@@ -33,7 +35,7 @@ def add_lora(backbone: nn.Module, settings: LoraSettings) -> list[str]:
         raise ImportError("model.lora needs peft: pip install 'lightning-rank[lora]'") from err
     targets = list(settings.target_modules or getattr(backbone, "lora_target_modules", ()))
     if not targets:
-        raise ValueError(
+        raise ConfigError(
             f"{type(backbone).__name__} has no default LoRA target modules: set model.lora.target_modules"
         )
     backbone.check_lora_targets(targets)
@@ -46,7 +48,7 @@ def add_lora(backbone: nn.Module, settings: LoraSettings) -> list[str]:
         param.requires_grad_("lora_" in name)
         adapted += "lora_" in name
     if not adapted:
-        raise ValueError(
+        raise ConfigError(
             f"model.lora.target_modules {targets} matched no module of {type(backbone).__name__}"
         )
     return targets

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_rank.datamodules.batch import TrainFields
-from lightning_rank.errors import NonFiniteLossError, check_at_least
+from lightning_rank.errors import ConfigError, NonFiniteLossError, check_at_least
 from lightning_rank.reranker.finite_loss import FiniteLossGuard, LossOrigin
 from lightning_rank.reranker.lora import LoraSettings, add_lora
 from lightning_rank.reranker.optim import (
@@ -51,7 +51,7 @@ class TrainingHooks:
         for pattern in frozen:
             matched = [p for name, p in self.named_parameters() if fnmatch.fnmatchcase(name, pattern)]
             if not matched:
-                raise ValueError(f"model.frozen: pattern {pattern!r} matches no parameter name")
+                raise ConfigError(f"model.frozen: pattern {pattern!r} matches no parameter name")
             for param in matched:
                 param.requires_grad_(False)
         if lora is not None:
@@ -69,7 +69,7 @@ class TrainingHooks:
         if isinstance(strategy, BackboneFSDP2Strategy):
             strategy.shard(self)
         elif isinstance(strategy, ModelParallelStrategy):
-            raise TypeError(
+            raise ConfigError(
                 "ModelParallelStrategy needs a model parallelised by its own code: use "
                 "lightning_rank.strategies.BackboneFSDP2Strategy (--config configs/strategy/fsdp2.yaml)"
             )

@@ -309,7 +309,7 @@ def _encode_documents(backend: Any, documents: list[str], max_length: int) -> li
 def _backend(tokenizer: PreTrainedTokenizerBase) -> Any:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise TypeError(
+        raise ConfigError(
             f"{type(tokenizer).__name__} has no fast (Rust) backend; lightning-rank tokenizes in DataLoader "
             "workers with fast tokenizers only. Load the tokenizer with use_fast=True."
         )

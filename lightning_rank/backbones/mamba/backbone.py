@@ -19,6 +19,7 @@ from lightning_rank.backbones.mamba.loading import (
     tokenizer_source,
 )
 from lightning_rank.backbones.mamba.model import PACKED_KERNELS, MambaBlock, MambaModel
+from lightning_rank.errors import ConfigError
 
 
 class _MambaBackbone(Backbone):
@@ -31,7 +32,7 @@ class _MambaBackbone(Backbone):
     def check_lora_targets(self, targets: list[str]) -> None:
         kernel_read = sorted({"x_proj", "dt_proj", "out_proj"} & set(targets))
         if kernel_read and self.backbone.use_kernels != "never":
-            raise ValueError(
+            raise ConfigError(
                 f"LoRA on {kernel_read} would be ignored by the fused Mamba kernels (they read those weights "
                 "directly): adapt in_proj only, or set backbone_args.use_kernels: never"
             )
@@ -71,7 +72,7 @@ class _MambaBackbone(Backbone):
             folder = resolve_pretrained(pretrained)
             checkpoint = read_checkpoint(folder)
             if checkpoint.generation != self.generation:
-                raise ValueError(
+                raise ConfigError(
                     f"{pretrained!r} is a {checkpoint.generation} checkpoint; {type(self).__name__} loads "
                     f"{self.generation} ones (use backbone '{checkpoint.generation}')"
                 )
@@ -84,7 +85,7 @@ class _MambaBackbone(Backbone):
             if "vocab_size" not in overrides:
                 cfg.vocab_size = round_up(len(self.tokenizer), cfg.pad_vocab_size_multiple)
         if len(self.tokenizer) > cfg.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab_size "
                 f"{cfg.vocab_size}"
             )
@@ -97,7 +98,7 @@ class _MambaBackbone(Backbone):
     def _load(self, state: dict[str, Tensor], source: str) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise ConfigError(
                 f"{source!r} does not match {type(self).__name__}'s parameters: missing {missing[:8]}, "
                 f"unexpected {unexpected[:8]}"
             )

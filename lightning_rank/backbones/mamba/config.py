@@ -140,9 +140,9 @@ class _BaseConfig:
     def from_mamba_ssm(cls, raw: dict[str, Any]) -> Self:
         """Read mamba_ssm's ``config.json`` (MambaConfig of mamba_ssm.models.config_mamba)."""
         if raw.get("d_intermediate", 0):
-            raise ValueError("mamba_ssm checkpoints with MLP layers (d_intermediate > 0) are not supported")
+            raise ConfigError("mamba_ssm checkpoints with MLP layers (d_intermediate > 0) are not supported")
         if raw.get("attn_layer_idx"):
-            raise ValueError("hybrid mamba_ssm checkpoints with attention layers are not supported")
+            raise ConfigError("hybrid mamba_ssm checkpoints with attention layers are not supported")
         known = cls.field_names()
         values = {k: v for k, v in raw.items() if k in _TOP_LEVEL and k in known}
         ssm_cfg = dict(raw.get("ssm_cfg") or {})
@@ -277,13 +277,13 @@ class Mamba2Config(_BaseConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.norm_impl not in ("fused", "torch"):
-            raise ValueError(f"norm_impl must be 'fused' or 'torch', not {self.norm_impl!r}")
+            raise ConfigError(f"norm_impl must be 'fused' or 'torch', not {self.norm_impl!r}")
         self.A_init_range = tuple(self.A_init_range)  # type: ignore[assignment]
         self.dt_limit = tuple(self.dt_limit)  # type: ignore[assignment]
         if self.ssm_dim % self.headdim:
-            raise ValueError(f"d_ssm ({self.ssm_dim}) must be a multiple of headdim ({self.headdim})")
+            raise ConfigError(f"d_ssm ({self.ssm_dim}) must be a multiple of headdim ({self.headdim})")
         if self.nheads % self.ngroups:
-            raise ValueError(f"nheads ({self.nheads}) must be a multiple of ngroups ({self.ngroups})")
+            raise ConfigError(f"nheads ({self.nheads}) must be a multiple of ngroups ({self.ngroups})")
 
     @property
     def ssm_dim(self) -> int:
@@ -311,7 +311,7 @@ class Mamba2Config(_BaseConfig):
         hidden, expand = raw["hidden_size"], raw.get("expand", 2)
         heads, headdim = raw.get("num_heads"), raw.get("head_dim", 64)
         if heads is not None and heads * headdim != expand * hidden:
-            raise ValueError(f"num_heads * head_dim ({heads * headdim}) != expand * hidden_size")
+            raise ConfigError(f"num_heads * head_dim ({heads * headdim}) != expand * hidden_size")
         limit = [_json_float(v) for v in raw.get("time_step_limit", (0.0, math.inf))]
         return cls(
             d_model=hidden,
@@ -344,7 +344,7 @@ class Mamba2Config(_BaseConfig):
         }
         if any(unsupported.values()):
             names = [k for k, v in unsupported.items() if v]
-            raise ValueError(
+            raise ConfigError(
                 f"transformers' Mamba2 has no equivalent of {names}; save with layout='mamba_ssm'"
             )
         return {

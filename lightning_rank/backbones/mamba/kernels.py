@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_rank.errors import ConfigError
+
 KernelMode = Literal["auto", "always", "never"]
 INSTALL_HINT = "pip install lightning-rank[mamba]  (installs mamba-ssm and causal-conv1d; needs CUDA)"
 
@@ -46,7 +48,7 @@ def kernel(name: Literal["mamba1", "mamba2"]) -> Callable[..., Any]:
 def check_mode(mode: str) -> None:
     """Validate ``use_kernels`` at construction: ``"always"`` fails fast when the kernels do not import."""
     if mode not in ("auto", "always", "never"):
-        raise ValueError(f"use_kernels must be 'auto', 'always' or 'never', not {mode!r}")
+        raise ConfigError(f"use_kernels must be 'auto', 'always' or 'never', not {mode!r}")
     if mode == "always" and not kernels_available():
         raise ImportError(
             f"use_kernels='always' needs the fused kernels, which do not import ({_load()[1]}); "

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_rank.backbones import hub
 from lightning_rank.backbones.mamba.config import Mamba1Config, Mamba2Config, MambaConfig, round_up
+from lightning_rank.errors import ConfigError
 
 Layout = Literal["mamba_ssm", "transformers"]
 Generation = Literal["mamba1", "mamba2"]
@@ -69,7 +70,7 @@ def detect(raw: dict[str, Any]) -> tuple[Layout, Generation]:
     if "d_model" in raw:
         layer = (raw.get("ssm_cfg") or {}).get("layer", "Mamba1")
         return "mamba_ssm", "mamba2" if layer == "Mamba2" else "mamba1"
-    raise ValueError(
+    raise ConfigError(
         f"config.json has neither model_type 'mamba'/'mamba2' (transformers) nor d_model (mamba_ssm): "
         f"keys {sorted(raw)}"
     )
@@ -137,7 +138,7 @@ def save_checkpoint(folder: Path, config: MambaConfig, state: dict[str, Tensor],
         torch.save({**state, "lm_head.weight": state[_MAMBA_SSM_PREFIX + "weight"]}, folder / BIN_NAME)
         return
     if layout != "transformers":
-        raise ValueError(f"layout must be 'mamba_ssm' or 'transformers', not {layout!r}")
+        raise ConfigError(f"layout must be 'mamba_ssm' or 'transformers', not {layout!r}")
     from transformers import Mamba2Config as HFMamba2Config
     from transformers import MambaConfig as HFMambaConfig
 
