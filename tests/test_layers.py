@@ -84,3 +84,13 @@ def project_imports(path: Path) -> set[str]:
 def test_the_lightning_module_imports_at_most_6_project_modules():
     imports = project_imports(PACKAGE / "reranker" / "module.py")
     assert len(imports) <= MAX_MODULE_IMPORTS, f"{len(imports)}: {', '.join(sorted(imports))}"
+
+
+def test_contributing_maps_every_module_of_the_package():
+    """CONTRIBUTING.md's layout names each folder and module, so a newcomer's map is never out of date."""
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    block = text[text.index("## Layout") : text.index("## Adding a backbone")]
+    modules = {p.stem for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    unnamed = sorted(m for m in modules | folders if not re.search(rf"\b{m}\b", block))
+    assert unnamed == [], f"CONTRIBUTING.md's layout does not name {unnamed}"
