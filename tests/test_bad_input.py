@@ -106,6 +106,7 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path):
 
 
 # 2 ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unknown_config_keys_name_the_key_and_suggest_the_valid_one(tmp_path):
     out = output_folder(tmp_path)
     before = snapshot(out)
@@ -129,6 +130,7 @@ def test_unknown_config_keys_name_the_key_and_suggest_the_valid_one(tmp_path):
 
 
 # 4 ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_misspelled_dataset_id_suggests_close_ids(tmp_path):
     out = output_folder(tmp_path)
     before = snapshot(out)
@@ -316,6 +318,7 @@ def test_group_size_below_two_fails_at_configuration_before_any_data(tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_a_loss_the_training_data_cannot_feed_fails_before_any_data_is_read(tmp_path, options, message):
     out = output_folder(tmp_path)
     before = snapshot(out)

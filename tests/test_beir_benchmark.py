@@ -74,6 +74,7 @@ def test_beir_benchmark_runs_bm25_teacher_fit_rerank_and_reports(tmp_path):
     assert "WeightedSum" in (out / "fit.log").read_text()
 
 
+@pytest.mark.slow
 def test_beir_benchmark_refuses_a_teacher_model_without_the_dense_teacher(tmp_path):
     command = [sys.executable, str(REPO / "benchmarks" / "beir.py"), "--data", str(tmp_path)]
     result = subprocess.run([*command, "--teacher-model", "x"], capture_output=True, text=True, timeout=120)
@@ -81,6 +82,7 @@ def test_beir_benchmark_refuses_a_teacher_model_without_the_dense_teacher(tmp_pa
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_beir_benchmark_names_a_folder_without_the_test_split_and_exits_2(tmp_path):
     folder = tmp_path / "collection"
     (folder / "qrels").mkdir(parents=True)

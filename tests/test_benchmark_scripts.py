@@ -42,6 +42,7 @@ def test_throughput_harness_compares_both_loops_on_tiny_models(tmp_path: Path) -
     assert "| bert | packed | train |" in done.stdout
 
 
+@pytest.mark.slow
 def test_mamba_speed_study_runs_its_variants(tmp_path: Path) -> None:
     done = run(
         "benchmarks/mamba_speed.py", "--tiny", "--batch", "8", "--length", "32", "--steps", "1",

@@ -38,6 +38,7 @@ TINY = {
 # ------------------------------------------------------------------------------------ any machine
 
 
+@pytest.mark.slow
 def test_cuda_graphs_on_cpu_fail_before_training_with_the_fix(tmp_path: Path) -> None:
     result = cli(
         "fit", "--config", DEMO, "--model.cuda_graphs", "true", "--trainer.max_steps", "2",

@@ -41,6 +41,7 @@ def collection(tmp_path_factory) -> tuple[str, Path, Path]:
     return collections, run, tiny_bi_encoder(root / "bi-encoder")
 
 
+@pytest.mark.slow
 def test_dense_rescores_every_candidate_with_the_bi_encoders_cosine(collection, tmp_path):
     collections, bm25_run, model = collection
     out = tmp_path / "dense-dev.trec"
@@ -69,6 +70,7 @@ def test_dense_rescores_every_candidate_with_the_bi_encoders_cosine(collection, 
     assert any(len(set(docs.values())) > 1 for docs in rescored.values())
 
 
+@pytest.mark.slow
 def test_dense_refuses_a_run_over_another_collection(collection, tmp_path):
     collections, _, model = collection
     stranger = tmp_path / "stranger.trec"

@@ -118,6 +118,7 @@ def test_the_data_module_reranks_with_the_configured_excerpt(tmp_path):
     assert matches == {"first": 0, "query_biased": 4}
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_an_unknown_excerpt_naming_the_choices():
     result = cli("fit", "--config", str(REPO / "configs" / "demo.yaml"), "--data.excerpt=middle")
     assert result.returncode != 0

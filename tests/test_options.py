@@ -92,6 +92,7 @@ def test_function_subcommands_name_the_option_and_exit_2(tmp_path, capsys, args,
         ("--model.lr=-0.001", "error: model.lr must be >= 0, got -0.001"),
     ],
 )
+@pytest.mark.slow
 def test_fit_with_an_option_out_of_range_exits_2_without_a_traceback(tmp_path, option, message):
     result = cli("fit", "--config", DEMO, option, f"--trainer.default_root_dir={tmp_path}", timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -156,6 +157,7 @@ def test_pairs_the_query_leaves_no_document_token_are_counted(tmp_path, caplog):
     }
 
 
+@pytest.mark.slow
 def test_fit_with_a_max_length_the_template_fills_exits_2(tmp_path):
     result = cli("fit", "--config", DEMO, "--data.max_length=6", f"--trainer.default_root_dir={tmp_path}",
                  "--trainer.max_steps=1", timeout=180)  # fmt: skip

@@ -79,6 +79,7 @@ def test_two_plugins_claiming_one_name_warn(tmp_path, monkeypatch, fresh_registr
     assert found["bert"].distribution == "lightning-rank"  # our own built-in wins
 
 
+@pytest.mark.slow
 def test_cli_lists_builtins_and_reports_broken_plugin(tmp_path, run_cli):
     _fake_distribution(
         tmp_path, "broken-plugin", {"broken": "broken_plugin_mod:Thing"}, {"broken_plugin_mod": "import nope"}

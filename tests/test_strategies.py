@@ -244,6 +244,7 @@ def test_fsdp2_with_frozen_parameters_and_activation_checkpointing(tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 def test_fsdp2_preset_combines_with_paper_configs() -> None:
     run = cli(
         "fit", "--config", str(REPO / "configs" / "mamba2_130m.yaml"), "--config", FSDP2, "--print_config"

@@ -113,6 +113,7 @@ def test_rerank_refuses_a_code_bearing_export_without_the_flag(code_bearing_expo
     assert not marker.exists() and not output.exists()
 
 
+@pytest.mark.slow
 def test_the_users_flag_runs_the_folders_code(code_bearing_export, demo_run, marker, tmp_path):
     """With ``--trust_remote_code true`` the shipped config class is imported (transformers' own loader, in a
     private module cache) and the export reranks the run."""
