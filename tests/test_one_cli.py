@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 import pytest
 import yaml
-from helpers import DEMO, TINY_BERT, tsv_collection
+from helpers import DEMO, TINY_BERT, plugin_installed, tsv_collection
 
 from lightning_rank.cli import main
 from lightning_rank.cli.function_config import FIT_KEYS
@@ -48,6 +48,21 @@ def test_a_mistyped_subcommand_is_answered_with_the_closest_of_all(capsys, typo,
     status, _, err = run_main(capsys, typo)
     assert status == 2
     assert err.splitlines()[0] == f"error: unknown subcommand '{typo}'; did you mean '{meant}'?", err
+
+
+@pytest.mark.parametrize("name", ["bm25", "dense", "rerank", "fuse", "export"])
+def test_function_subcommand_help_says_which_data_key_feeds_which_option(capsys, name) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0 and "--config FILE takes a fit config" in out and "--stage" in out
+    if name != "export":
+        assert "data.local_collections -> --local_collections" in out
+
+
+def test_no_subcommand_prints_the_list_and_exits_2(capsys) -> None:
+    status, _, err = run_main(capsys)
+    assert status == 2 and all(name in err for name in SUBCOMMANDS)
 
 
 def test_a_subcommand_nothing_like_any_lists_them_all(capsys) -> None:
@@ -110,6 +125,10 @@ def test_bm25_export_and_rerank_run_from_the_config_fit_ran_from(tmp_path, capsy
                               "--run", str(bm25_run), "--depth", str(depth), "--output", str(plain),
                               "--device", "cpu")  # fmt: skip
     assert status == 0 and read_trec_run(plain) == from_config, err
+    # fuse: --first_stage is data.test_run, --qrels data.test_dataset (so the measures are printed)
+    status, out, err = run_main(capsys, "fuse", "--config", config, "--run", str(reranked),
+                                "--output", str(tmp_path / "fused.trec"))  # fmt: skip
+    assert status == 0 and "first stage: nDCG@10=" in out, err
 
 
 def test_command_line_options_win_over_the_config_and_data_keys_are_dotted_options(
@@ -191,6 +210,13 @@ def test_backbones_name_prints_its_arguments_pooling_template_and_packing(capsys
     assert "Hub id or local folder of a checkpoint" in out  # the docstring's words for it
     assert "pooling: first" in out and "default template: 'pair'" in out
     assert "packing (data.packing): yes" in out
+
+
+@pytest.mark.skipif(not plugin_installed(), reason="the example plugin (examples/backbone-plugin) is absent")
+def test_backbones_name_of_a_plugin_that_cannot_pack_says_why(capsys) -> None:
+    status, out, err = run_main(capsys, "backbones", "gru")
+    assert status == 0 and "  hidden_size: int, default 64" in out, err
+    assert "packing (data.packing): no: GRUBackbone does not implement forward_packed" in out
 
 
 def test_backbones_of_an_unknown_name_suggests_the_closest(capsys) -> None:

@@ -1,6 +1,9 @@
 """The ``lightning-rank`` command: LightningCLI's fit/validate/test/predict plus our own subcommands.
 
-``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run;
+``lightning-rank --help`` lists every subcommand (:data:`SUBCOMMANDS`), ``--version`` prints the installed
+version, and a mistyped subcommand is answered with the closest of all of them, before anything heavy loads.
+``lightning-rank backbones`` lists the discovered backbones (``backbones NAME``: one backbone's arguments);
+``lightning-rank bm25`` builds a first-stage run;
 ``lightning-rank dense`` rescores a run with a pretrained bi-encoder (a teacher to fuse and distil);
 ``lightning-rank export`` writes a checkpoint as a plain folder, and ``lightning-rank rerank`` reranks a run
 with that folder; ``lightning-rank fuse`` interpolates a reranked run with its first-stage run.
