@@ -1,6 +1,9 @@
 """The ``lightning-rank`` command: LightningCLI's fit/validate/test/predict plus our own subcommands.
 
-``lightning-rank backbones`` lists the discovered backbones; ``lightning-rank bm25`` builds a first-stage run;
+``lightning-rank --help`` lists every subcommand (:data:`SUBCOMMANDS`), ``--version`` prints the installed
+version, and a mistyped subcommand is answered with the closest of all of them, before anything heavy loads.
+``lightning-rank backbones`` lists the discovered backbones (``backbones NAME``: one backbone's arguments);
+``lightning-rank bm25`` builds a first-stage run;
 ``lightning-rank dense`` rescores a run with a pretrained bi-encoder (a teacher to fuse and distil);
 ``lightning-rank export`` writes a checkpoint as a plain folder, and ``lightning-rank rerank`` reranks a run
 with that folder; ``lightning-rank fuse`` interpolates a reranked run with its first-stage run.
@@ -17,35 +20,85 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from lightning_rank.commands.backbones import list_backbones
+from lightning_rank.cli.function_cli import FUNCTION_SUBCOMMANDS
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 SIGINT_EXIT_STATUS = 130  # 128 + SIGINT (Ctrl-C)
-
-
-FUNCTION_SUBCOMMANDS = {
-    "bm25": "lightning_rank.commands.bm25:bm25",
-    "dense": "lightning_rank.commands.dense:dense",
-    "export": "lightning_rank.commands.export:export_checkpoint",
-    "fuse": "lightning_rank.commands.fuse:fuse",
-    "rerank": "lightning_rank.commands.rerank:rerank",
+# every subcommand, in the order `lightning-rank --help` lists them, with its one line
+SUBCOMMANDS = {
+    "fit": "train a reranker (LightningCLI: --config FILE, dotted --model.*/--data.*/--trainer.* options)",
+    "validate": "rerank and score the validation run with a checkpoint (--ckpt_path)",
+    "test": "rerank and score the test run with a checkpoint",
+    "predict": "rerank the predict run with a checkpoint and write it (--run_writer.output)",
+    "bm25": "write a BM25 first-stage run of a dataset's queries",
+    "dense": "rescore a run's candidates with a pretrained bi-encoder (sentence-transformers)",
+    "rerank": "rerank a run with an exported reranker (a folder `export` wrote)",
+    "fuse": "interpolate a reranked run with its first-stage run (weight set or tuned)",
+    "export": "write a fit checkpoint as a plain folder that `rerank` and from_pretrained load",
+    "backbones": "list the installed backbones, or print one's arguments (backbones NAME)",
 }
+
+
+def usage() -> str:
+    """``lightning-rank --help``: every subcommand with its one line."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = "\n".join(f"  {name:<{width}}  {line}" for name, line in SUBCOMMANDS.items())
+    return (
+        "usage: lightning-rank [-h] [--version] SUBCOMMAND [OPTIONS]\n\n"
+        "Train, evaluate and use cross-encoder text rerankers (PyTorch Lightning).\n\n"
+        f"subcommands:\n{lines}\n\n"
+        "`lightning-rank SUBCOMMAND --help` lists a subcommand's options. bm25, dense, rerank, fuse and\n"
+        "export take --config FILE: the fit config whose data: section declares the collections, datasets\n"
+        "and runs, so they are declared once."
+    )
+
+
+def version() -> str:
+    from importlib.metadata import version as installed_version
+
+    return installed_version("lightning-rank")
+
+
+def unknown_subcommand(name: str) -> str:
+    """The ``error:`` message for a subcommand that does not exist, naming the closest of all of them."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1, cutoff=0.5)
+    if close:
+        return f"unknown subcommand '{name}'; did you mean '{close[0]}'?"
+    return f"unknown subcommand '{name}'; the subcommands are {', '.join(SUBCOMMANDS)}"
 
 
 def run_function_subcommand(name: str, args: Sequence[str]) -> int:
     """A subcommand that is one function (its arguments are the options); bad input (an
     :class:`InputError`) ends in one ``error:`` line and exit status 2, anything else in a traceback."""
-    import importlib
-
-    from jsonargparse import auto_cli
-
+    from lightning_rank.cli.function_cli import run_function_subcommand as run
     from lightning_rank.errors import InputError
 
-    module, _, function = FUNCTION_SUBCOMMANDS[name].partition(":")
-    command = getattr(importlib.import_module(module), function)
     try:
-        auto_cli(command, args=list(args), as_positional=False)
+        run(name, args)
+    except InputError as err:
+        print("\n".join([f"error: {err}", *getattr(err, "__notes__", [])]), file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_backbones(args: Sequence[str]) -> int:
+    """``lightning-rank backbones [NAME]``: the list, or one backbone's arguments and properties."""
+    from lightning_rank.commands.backbones import describe_backbone, list_backbones
+    from lightning_rank.errors import InputError
+
+    if not args:
+        return list_backbones()
+    if args[0] in ("-h", "--help"):
+        print("usage: lightning-rank backbones [NAME]\n\n" + SUBCOMMANDS["backbones"])
+        return 0
+    if len(args) > 1:
+        print(f"error: backbones takes one NAME, got {' '.join(args)}", file=sys.stderr)
+        return 2
+    try:
+        print(describe_backbone(args[0]))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -55,10 +108,20 @@ def run_function_subcommand(name: str, args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-rank`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "backbones":
-        return list_backbones()
-    if argv and argv[0] in FUNCTION_SUBCOMMANDS:
-        return run_function_subcommand(argv[0], argv[1:])
+    first = argv[0] if argv else None
+    if first is None or first in ("-h", "--help"):
+        print(usage(), file=sys.stdout if first else sys.stderr)
+        return 0 if first else 2
+    if first == "--version":
+        print(f"lightning-rank {version()}")
+        return 0
+    if first == "backbones":
+        return run_backbones(argv[1:])
+    if first in FUNCTION_SUBCOMMANDS:
+        return run_function_subcommand(first, argv[1:])
+    if not first.startswith("-") and first not in TRAINER_SUBCOMMANDS:
+        print(f"error: {unknown_subcommand(first)}\n`lightning-rank --help` lists them.", file=sys.stderr)
+        return 2
 
     from lightning_rank.cli.preflight import check_argv
     from lightning_rank.errors import InputError
