@@ -242,3 +242,20 @@ def test_fine_tuning_starts_from_the_classifier(tmp_path):
     expected = GroupCrossEntropy()(transformers_scores(model, first.batch).view_as(labels), labels)
     exact(first.loss, expected.detach())
     assert any(not torch.equal(v, module.head.state_dict()[k]) for k, v in before.items())  # and it trains
+
+
+def test_a_checkpoint_from_before_init_head_keeps_its_linear_head(tmp_path):
+    """Such a fit started from a classifier checkpoint with a new Linear head; its hparams lack init_head."""
+    checkpoint(tmp_path / "ckpt", "bert", 2)
+    args = {"backbone": "bert", "backbone_args": {"pretrained": str(tmp_path / "ckpt")}}
+    module = RerankerModule(**args, init_head="fresh")
+    with torch.no_grad():
+        module.head.weight.fill_(0.5)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "old.ckpt", weights_only=True)
+    saved = torch.load(tmp_path / "old.ckpt", weights_only=True)
+    del saved["hyper_parameters"]["init_head"]
+    torch.save(saved, tmp_path / "old.ckpt")
+    loaded = RerankerModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
+    assert isinstance(loaded.head, nn.Linear) and bool((loaded.head.weight == 0.5).all())

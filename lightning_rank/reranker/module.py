@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_rank.datamodules.batch import EvalBatch, TrainBatch
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
@@ -102,6 +102,14 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         self.train()
         parse_measures(self.measures)  # unknown measure names fail here, before any data is read
         self._metrics: dict[str, RankingMetrics] = {}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written before ``init_head`` existed holds a new Linear head, whatever its backbone's
+        checkpoint offered: the head is rebuilt so to take its weights."""
+        super().on_load_checkpoint(checkpoint)
+        if "init_head" not in checkpoint.get("hyper_parameters", {}) and not isinstance(self.head, nn.Linear):
+            self.head = nn.Linear(self.backbone.hidden_size, 1)
+            self.hparams["init_head"] = "fresh"
 
     # -- training ----------------------------------------------------------------------------------------
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:
