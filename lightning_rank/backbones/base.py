@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -14,6 +15,18 @@ from lightning_rank.text.builtin_tokenizer import BUILTIN_PREFIX, build_builtin_
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR_STYLES, PairTemplate
 
 Pooling = Literal["first", "last", "mean"]
+
+
+@dataclass
+class PretrainedHead:
+    """A checkpoint's own classifier, offered as the reranker's head: ``head`` maps the pooled state
+    ``[B, H]`` to the score ``[B, 1]`` in fp32 and reads the ``pooling`` state; when the classifier does not
+    map onto one relevance score, ``head`` is None and ``problem`` says why. ``found`` names it for logs."""
+
+    found: str
+    head: nn.Module | None
+    problem: str | None
+    pooling: Pooling | None = None
 
 
 class Backbone(nn.Module):
@@ -65,6 +78,11 @@ class Backbone(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token at ``seq_len`` (2 x parameters by default); training is 3x this."""
         return 2.0 * sum(p.numel() for p in self.parameters())
+
+    def pretrained_head(self) -> PretrainedHead | None:
+        """The classifier of the checkpoint this backbone loaded, or None when it has none (the reranker
+        then starts from a new head)."""
+        return None
 
     def check_lora_targets(self, targets: list[str]) -> None:
         """Raise if adapting ``targets`` would be silently ignored (e.g. by a fused kernel)."""

@@ -1,4 +1,5 @@
-"""Transformers backbones (BERT, RoBERTa, Pythia, Llama, ...) loaded through ``AutoModel`` (no LM head).
+"""Transformers backbones (BERT, RoBERTa, Pythia, Llama, ...) loaded through ``AutoModel`` (no LM head), or
+whole from a sequence-classification checkpoint, whose classifier they offer as the reranker's head.
 
 One generic :class:`HFBackbone` does the work; the subclasses only fix the architecture (``model_type``, for
 random init), the pooling and the input template. ``pretrained`` and ``tokenizer`` become files by the one
@@ -17,11 +18,18 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from lightning_rank.backbones import hub
-from lightning_rank.backbones.base import Backbone, Pooling
+from lightning_rank.backbones.base import Backbone, Pooling, PretrainedHead
+from lightning_rank.backbones.classifier_heads import head_from_classifier
 from lightning_rank.errors import ConfigError
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR
 
@@ -65,7 +73,9 @@ class HFBackbone(Backbone):
 
         Args:
             pretrained: Hub id or local folder of a checkpoint (``AutoModel.from_pretrained``); None for a
-                randomly initialised model built from ``config``.
+                randomly initialised model built from ``config``. A sequence-classification checkpoint
+                (``*ForSequenceClassification``, e.g. a cross-encoder) also brings its classifier: the
+                reranker's head unless ``model.init_head`` is ``fresh``.
             config: Without ``pretrained``: the config of the random model
                 (``AutoConfig.for_model(model_type, **config)``; ``vocab_size`` defaults to the tokenizer's
                 size, pad/bos/eos ids to the tokenizer's). With ``pretrained``: overrides for the loaded
@@ -91,6 +101,7 @@ class HFBackbone(Backbone):
                 "pip install lightning-rank[flash] (or use attn_implementation='sdpa')"
             )
         self.pretrained = pretrained
+        self._pretrained_head: PretrainedHead | None = None
         if pooling is not None:
             self.pooling = pooling
         pretrained_source = hub.resolve(pretrained, "pretrained") if pretrained else None
@@ -119,13 +130,12 @@ class HFBackbone(Backbone):
                     stacklevel=2,
                 )
             with hub.hub_errors(pretrained, "pretrained"):
-                self.model = AutoModel.from_pretrained(
+                self.model = self._load_checkpoint(
                     pretrained_source,
-                    config=model_config,
+                    model_config,
                     dtype=torch_dtype,
                     attn_implementation=attn_implementation,
                     trust_remote_code=trust_remote_code,
-                    **_without_pooler(model_config),
                 )
         self._drop_pooler()  # a model class outside transformers' mapping (remote code) may still have one
         self._cover_tokenizer()
@@ -158,6 +168,24 @@ class HFBackbone(Backbone):
         if tok.eos_token_id is not None:
             overrides.setdefault("eos_token_id", tok.eos_token_id)
         return AutoConfig.for_model(model_type, **overrides)
+
+    def _load_checkpoint(self, source: str, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+        """The base model of ``source``; a sequence-classification checkpoint is loaded whole and its
+        classifier kept as the :meth:`pretrained_head` on offer."""
+        if not any(str(a).endswith("ForSequenceClassification") for a in config.architectures or ()):
+            return AutoModel.from_pretrained(source, config=config, **kwargs, **_without_pooler(config))
+        full = AutoModelForSequenceClassification.from_pretrained(source, config=config, **kwargs)
+        self._pretrained_head = head_from_classifier(full, str(self.pretrained))
+        return full.base_model
+
+    def pretrained_head(self) -> PretrainedHead | None:
+        """The checkpoint's classifier as a head, when it has one; one that reads another state than this
+        backbone pools (``pooling``) is offered with that problem."""
+        offered = self._pretrained_head
+        if offered is None or offered.head is None or offered.pooling == self.pooling:
+            return offered
+        problem = f"it reads the {offered.pooling!r} state, not {self.pooling!r}: set backbone_args.pooling"
+        return PretrainedHead(offered.found, None, problem)
 
     def _drop_pooler(self) -> None:
         """Remove BERT-style pooler heads: unused by rerankers, and unused parameters upset DDP."""

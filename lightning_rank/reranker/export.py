@@ -11,7 +11,8 @@ Layout of an export folder::
     backbone/            the backbone's own save_pretrained output (transformers' AutoModel loads it for
                          transformers backbones), tokenizer included; or weights.safetensors + tokenizer
                          for backbones without save_pretrained
-    head.safetensors     the fp32 Linear(hidden, 1) head
+    head.safetensors     the fp32 head: Linear(hidden, 1), or a checkpoint's classifier (its form in
+                         reranker.json's ``head``)
 
 Everything is safetensors or JSON: loading executes no pickled code, and no Python file of the folder runs
 unless the caller asks (``trust_remote_code=True``), whatever ``reranker.json`` says. Writes go to a
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lightning_rank.backbones.classifier_heads import HeadForm
 from lightning_rank.backbones.registry import is_import_path
 from lightning_rank.errors import ConfigError, ModelNotFoundError, OutputError, UntrustedCodeError
 from lightning_rank.reranker.lora import merged_copy
@@ -144,6 +146,9 @@ def _write_export(module: Exportable, staging: Path) -> None:
         "backbone_weights": weights,
         "template": backbone.template.text,
     }
+    form = getattr(module.head, "form", None)
+    if isinstance(form, HeadForm):
+        manifest["head"] = form.as_dict()
     if module.input_format is not None:
         manifest["input_format"] = module.input_format.as_dict()
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -186,8 +191,9 @@ class ExportedReranker:
     backbone: str  # entry-point name or import path, as the module's ``backbone``
     backbone_args: dict[str, Any]  # its constructor arguments, paths resolved into the folder
     backbone_state: dict[str, Tensor] | None  # None when the backbone loads its own weights (save_pretrained)
-    head_state: dict[str, Tensor]  # the fp32 Linear(hidden, 1) head
+    head_state: dict[str, Tensor]  # the fp32 head's state
     input_format: InputFormat | None  # None in exports of untrained models and in older exports
+    head_form: HeadForm | None = None  # a checkpoint's classifier; None: the Linear(hidden, 1) head
 
 
 def read_export(
@@ -246,6 +252,7 @@ def read_export(
         backbone_state=load_file(folder / "backbone" / "weights.safetensors") if own_weights else None,
         head_state=load_file(folder / "head.safetensors"),
         input_format=_input_format(manifest, manifest_path),
+        head_form=HeadForm.from_dict(manifest["head"], manifest_path) if "head" in manifest else None,
     )
 
 

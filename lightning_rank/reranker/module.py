@@ -1,4 +1,5 @@
-"""RerankerModule: backbone + pooled state + ``Linear(hidden, 1)`` head (fp32), a ranking loss and metrics.
+"""RerankerModule: backbone + pooled state + a head (fp32; a new ``Linear(hidden, 1)`` or a checkpoint's own
+classifier), a ranking loss and metrics.
 
 The LightningModule itself: its settings, the training step and evaluation. How it scores pairs (batches,
 CUDA graphs, raw texts, its export folder) is :class:`.scoring.PairScorer`; what a fit needs around the step
@@ -15,18 +16,18 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_rank.datamodules.batch import EvalBatch, TrainBatch
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import DEFAULT_MEASURES, RankingMetrics, parse_measures
 from lightning_rank.reranker.lora import LoraSettings
-from lightning_rank.reranker.scoring import PairScorer
+from lightning_rank.reranker.scoring import InitHead, PairScorer
 from lightning_rank.reranker.training import TrainingHooks, check_training_settings
 
 
 class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
-    """A cross-encoder reranker: ``score(q, d) = Linear(pool(backbone(render(q, d))))``.
+    """A cross-encoder reranker: ``score(q, d) = head(pool(backbone(render(q, d))))``.
 
     Training contrasts each group's positive against its hard negatives with ``loss``; validation and test
     rerank a run's top-k and report ``measures`` (ir_measures names, computed as trec_eval does) over all
@@ -37,6 +38,7 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         self,
         backbone: str = "mamba1",
         backbone_args: dict[str, Any] | None = None,
+        init_head: InitHead = "auto",
         loss: RankingLoss = lazy_instance(GroupCrossEntropy),  # noqa: B008 (jsonargparse prints it)
         measures: Sequence[str] = DEFAULT_MEASURES,
         optimizer: OptimizerCallable | None = None,
@@ -54,6 +56,10 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
             backbone: entry-point name (``lightning-rank backbones`` lists them) or import path of a
                 Backbone class.
             backbone_args: constructor arguments of the backbone (``pretrained``, ``config``, ...).
+            init_head: where the scoring head starts: ``auto`` takes the classifier of a
+                sequence-classification ``pretrained`` checkpoint (a cross-encoder such as monoBERT) and
+                else a new ``Linear(hidden, 1)``; ``pretrained`` requires such a classifier; ``fresh``
+                always starts a new head. The head used is logged.
             loss: the training loss (``GroupCrossEntropy`` is localized contrastive estimation).
             measures: ir_measures names reported in validation and test, e.g. ``nDCG@10``, ``RR@10``.
             optimizer: optimizer factory (class path + init args); default AdamW with ``lr`` and
@@ -86,7 +92,7 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         if lora is not None:
             # plain values only: checkpoints must load with torch.load(weights_only=True)
             self.hparams["lora"] = dataclasses.asdict(lora)
-        self._build_scorer(backbone, backbone_args)
+        self._build_scorer(backbone, backbone_args, init_head)
         self.loss = loss
         self.measures = list(measures)
         self.optimizer_factory = optimizer
@@ -96,6 +102,14 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         self.train()
         parse_measures(self.measures)  # unknown measure names fail here, before any data is read
         self._metrics: dict[str, RankingMetrics] = {}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written before ``init_head`` existed holds a new Linear head, whatever its backbone's
+        checkpoint offered: the head is rebuilt so to take its weights."""
+        super().on_load_checkpoint(checkpoint)
+        if "init_head" not in checkpoint.get("hyper_parameters", {}) and not isinstance(self.head, nn.Linear):
+            self.head = nn.Linear(self.backbone.hidden_size, 1)
+            self.hparams["init_head"] = "fresh"
 
     # -- training ----------------------------------------------------------------------------------------
     def training_step(self, batch: TrainBatch, batch_idx: int) -> Tensor:

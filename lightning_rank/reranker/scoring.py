@@ -1,4 +1,5 @@
-"""How the reranker scores (query, document) pairs: ``Linear(pool(backbone(render(q, d))))`` in fp32.
+"""How the reranker scores (query, document) pairs: ``head(pool(backbone(render(q, d))))`` in fp32, the head
+a new ``Linear(hidden, 1)`` or a sequence-classification checkpoint's own classifier.
 
 Over collated batches (padded rows, length buckets, packed rows; through CUDA graphs when training with
 them), and over raw texts without Lightning (:meth:`PairScorer.score`), rendered as training rendered them:
@@ -11,22 +12,56 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self, get_args
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from rich.progress import track
 from torch import Tensor, nn
 
 from lightning_rank.backbones.base import Backbone
+from lightning_rank.backbones.classifier_heads import ClassifierHead
 from lightning_rank.backbones.registry import build_backbone
 from lightning_rank.datamodules.batch import PackedRows, PaddedRows, PairBatch
 from lightning_rank.datamodules.collate import PairCollator
+from lightning_rank.errors import ConfigError
 from lightning_rank.reranker.cuda_graphs import PACKING_CONFLICT, TrainingGraphs, check_cuda_graphs
 from lightning_rank.reranker.export import export_reranker, read_export
 from lightning_rank.text.excerpts import Excerpt
 from lightning_rank.text.input_format import InputFormat
+
+InitHead = Literal["auto", "pretrained", "fresh"]
+
+
+def choose_head(backbone: Backbone, init_head: InitHead) -> nn.Module:
+    """The head, pooled ``[B, H]`` -> ``[B, 1]``: the checkpoint's classifier (``pretrained``, or ``auto``
+    when it has one) or a new ``Linear(hidden, 1)`` (``fresh``, or ``auto`` without one). A classifier that
+    does not map is an error unless ``fresh``; the head used is logged whenever the checkpoint has one."""
+    if init_head not in get_args(InitHead):
+        raise ConfigError(
+            f"model.init_head must be one of {', '.join(get_args(InitHead))}, got {init_head!r}"
+        )
+    offered = backbone.pretrained_head()
+    if init_head == "fresh" or (offered is None and init_head == "auto"):
+        if offered is not None:
+            rank_zero_info(
+                f"head: a new Linear, as model.init_head is 'fresh'; not the classifier of {offered.found}"
+            )
+        return nn.Linear(backbone.hidden_size, 1)
+    if offered is None:
+        raise ConfigError(
+            f"model.init_head is 'pretrained' but {type(backbone).__name__} loaded no sequence-classification"
+            f" checkpoint (backbone_args.pretrained: {getattr(backbone, 'pretrained', None)!r}): pass one,"
+            " such as a cross-encoder, or set model.init_head to 'auto' or 'fresh'"
+        )
+    if offered.head is None:
+        raise ConfigError(
+            f"the classifier of {offered.found} cannot be the reranker's head: {offered.problem}; or set "
+            "model.init_head: fresh to train a new head on its encoder"
+        )
+    rank_zero_info(f"head: the classifier of {offered.found}")
+    return offered.head
 
 
 class PairScorer:
@@ -34,16 +69,18 @@ class PairScorer:
     trainer; :meth:`_build_scorer` adds the backbone and the head."""
 
     backbone: Backbone
-    head: nn.Linear
+    head: nn.Module  # pooled [B, H] -> [B, 1], fp32
     # how training rendered pairs: set by `fit` from the data module, kept in checkpoints and exports, the
     # default of `score()`; None for a model that has not been trained here
     input_format: InputFormat | None
 
-    def _build_scorer(self, backbone: str, backbone_args: dict[str, Any] | None) -> None:
+    def _build_scorer(
+        self, backbone: str, backbone_args: dict[str, Any] | None, init_head: InitHead = "auto"
+    ) -> None:
         """The backbone (``backbone``'s entry point or import path, built with ``backbone_args``) and the
-        ``Linear(hidden, 1)`` head; no graph captured and no input format known yet."""
+        head (:func:`choose_head`); no graph captured and no input format known yet."""
         self.backbone = build_backbone(backbone, backbone_args)
-        self.head = nn.Linear(self.backbone.hidden_size, 1)
+        self.head = choose_head(self.backbone, init_head)
         self._graphs: TrainingGraphs | None = None
         self.input_format = None
 
@@ -94,7 +131,8 @@ class PairScorer:
     def _head_scores(self, pooled: Tensor) -> Tensor:
         with torch.autocast(device_type=pooled.device.type, enabled=False):
             # fp32 unless a strategy casts the parameters themselves (FSDP mixed precision: bf16 head)
-            return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1).float()
+            dtype = next(self.head.parameters()).dtype
+            return self.head(pooled.to(dtype)).squeeze(-1).float()
 
     def _training_graphs(self) -> TrainingGraphs | None:
         """The graph cache when training with ``cuda_graphs`` (built on first use), else None."""
@@ -138,9 +176,11 @@ class PairScorer:
         """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode. Python files
         of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
         exported = read_export(folder, trust_remote_code, **backbone_overrides)
-        module = cls(backbone=exported.backbone, backbone_args=exported.backbone_args)
+        module = cls(backbone=exported.backbone, backbone_args=exported.backbone_args, init_head="fresh")
         if exported.backbone_state is not None:
             module.backbone.load_state_dict(exported.backbone_state)
+        if exported.head_form is not None:
+            module.head = ClassifierHead(module.backbone.hidden_size, exported.head_form)
         module.head.load_state_dict(exported.head_state)
         if exported.input_format is not None:
             module.input_format = exported.input_format
