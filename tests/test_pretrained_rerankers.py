@@ -259,3 +259,18 @@ def test_a_checkpoint_from_before_init_head_keeps_its_linear_head(tmp_path):
     torch.save(saved, tmp_path / "old.ckpt")
     loaded = RerankerModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
     assert isinstance(loaded.head, nn.Linear) and bool((loaded.head.weight == 0.5).all())
+
+
+def test_a_checkpoints_head_choice_cannot_be_changed_under_it():
+    """A checkpoint trained on a classifier head cannot be read with a fresh Linear one (or the reverse): one
+    error naming the setting, not torch's strict-load traceback."""
+    from lightning_rank.errors import ConfigError
+    from lightning_rank.reranker.checkpoints import settle_model_settings
+
+    saved = {"backbone": "bert", "backbone_args": {}, "init_head": "pretrained"}
+    with pytest.raises(ConfigError, match=r"model.init_head: checkpoint 'pretrained' -> yours 'fresh'"):
+        settle_model_settings(saved, {"init_head": "fresh"}, "test", "x.ckpt")
+    settings, _ = settle_model_settings(
+        {"backbone": "bert", "backbone_args": {}}, {"init_head": "auto"}, "test", "x"
+    )
+    assert settings["init_head"] == "auto"  # a checkpoint from before the setting: nothing to compare

@@ -29,7 +29,7 @@ RUNTIME_BACKBONE_ARGS = frozenset(
     {"use_kernels", "gradient_checkpointing", "attn_implementation", "dtype", "trust_remote_code"}
 )
 # model settings that define the weights: a checkpoint's cannot be read with others
-ARCHITECTURE = frozenset({"backbone", "lora"})
+ARCHITECTURE = frozenset({"backbone", "lora", "init_head"})
 # a resumed fit restores the optimizer state of exactly these trainable parameters
 SAME_FOR_A_RESUME = frozenset({"frozen"})
 # code runs only when the user asks: a checkpoint's own value is never taken
