@@ -205,8 +205,41 @@ def read_export(
     from the caller: a manifest that asks for it without the caller's flag is refused, never obeyed."""
     folder = Path(folder).expanduser().resolve()
     manifest_path = folder / MANIFEST
+    manifest = _read_manifest(manifest_path)
+    own_weights = manifest["backbone_weights"] == "state_dict"
+    for weights in ("head.safetensors", *(["backbone/weights.safetensors"] if own_weights else [])):
+        if not (folder / weights).is_file():
+            raise ModelNotFoundError(f"{folder}: {weights} is missing; export the checkpoint again")
+    args = dict(manifest["backbone_args"])
+    if args.pop("trust_remote_code", False) and not trust_remote_code:
+        raise UntrustedCodeError(_untrusted_message(folder, manifest_path))
+    if trust_remote_code:
+        args["trust_remote_code"] = True
+    for key in ("pretrained", "tokenizer"):
+        if args.get(key) == "backbone":
+            args[key] = str(folder / "backbone")
+    if own_weights:
+        args.pop("pretrained", None)
+    args.update(overrides)
+    if not trust_remote_code:
+        _check_backbone_outside(manifest["backbone"], folder, manifest_path)
+    return ExportedReranker(
+        backbone=manifest["backbone"],
+        backbone_args=args,
+        backbone_state=load_file(folder / "backbone" / "weights.safetensors") if own_weights else None,
+        head_state=load_file(folder / "head.safetensors"),
+        input_format=_input_format(manifest, manifest_path),
+        head_form=HeadForm.from_dict(manifest["head"], manifest_path) if "head" in manifest else None,
+    )
+
+
+def _read_manifest(manifest_path: Path) -> dict[str, Any]:
+    """An export's manifest, or an error naming what is wrong with it (absent, not JSON, not an object,
+    another format version, a key missing) and that exporting again mends it."""
     if not manifest_path.is_file():
-        raise ModelNotFoundError(f"{folder} is not a lightning-rank export: {MANIFEST} is missing")
+        raise ModelNotFoundError(
+            f"{manifest_path.parent} is not a lightning-rank export: {MANIFEST} is missing"
+        )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -226,34 +259,7 @@ def read_export(
             + (f"missing {', '.join(missing)}" if missing else "backbone_args is not an object")
             + "; export the checkpoint again with lightning-rank export"
         )
-    for weights in (
-        "head.safetensors",
-        *(["backbone/weights.safetensors"] if manifest["backbone_weights"] == "state_dict" else []),
-    ):
-        if not (folder / weights).is_file():
-            raise ModelNotFoundError(f"{folder}: {weights} is missing; export the checkpoint again")
-    args = dict(manifest["backbone_args"])
-    if args.pop("trust_remote_code", False) and not trust_remote_code:
-        raise UntrustedCodeError(_untrusted_message(folder, manifest_path))
-    if trust_remote_code:
-        args["trust_remote_code"] = True
-    for key in ("pretrained", "tokenizer"):
-        if args.get(key) == "backbone":
-            args[key] = str(folder / "backbone")
-    own_weights = manifest["backbone_weights"] == "state_dict"
-    if own_weights:
-        args.pop("pretrained", None)
-    args.update(overrides)
-    if not trust_remote_code:
-        _check_backbone_outside(manifest["backbone"], folder, manifest_path)
-    return ExportedReranker(
-        backbone=manifest["backbone"],
-        backbone_args=args,
-        backbone_state=load_file(folder / "backbone" / "weights.safetensors") if own_weights else None,
-        head_state=load_file(folder / "head.safetensors"),
-        input_format=_input_format(manifest, manifest_path),
-        head_form=HeadForm.from_dict(manifest["head"], manifest_path) if "head" in manifest else None,
-    )
+    return manifest
 
 
 def _input_format(manifest: dict[str, Any], manifest_path: Path) -> InputFormat | None:
