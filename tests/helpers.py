@@ -10,6 +10,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from lightning_rank.text.builtin_tokenizer import VOCABULARY
 from lightning_rank.text.templates import CAUSAL_TEMPLATE
@@ -144,3 +145,17 @@ def tsv_collection(
     (root / "run.trec").write_text("\n".join(run) + "\n")
     return {"docs": str(root / "docs.tsv"), "queries": str(root / "queries.tsv"),
             "qrels": {"dev": str(root / "qrels.txt")}, "runs": {"dev": str(root / "run.trec")}}  # fmt: skip
+
+
+def spy_on_trust_remote_code(monkeypatch, owner: Any) -> list[bool]:
+    """The ``trust_remote_code`` each ``owner.from_pretrained`` call gets (AutoModel, AutoTokenizer, ...),
+    in order; the real loader still runs."""
+    seen: list[bool] = []
+    real = owner.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, "from_pretrained", spy)
+    return seen

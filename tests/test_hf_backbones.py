@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY
+from helpers import DOCUMENTS, NAMES, NO_DROPOUT, QUERIES, TINY, spy_on_trust_remote_code
 from torch import Tensor, nn
 from transformers import AutoModel
 
@@ -378,14 +378,7 @@ def test_hub_code_runs_only_when_asked(tmp_path: Path, monkeypatch: pytest.Monke
     from lightning_rank.backbones import hf
 
     make("bert").save_pretrained(tmp_path)
-    seen = []
-    real = hf.AutoModel.from_pretrained
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["trust_remote_code"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hf.AutoModel, "from_pretrained", spy)
+    seen = spy_on_trust_remote_code(monkeypatch, hf.AutoModel)
     BertBackbone(pretrained=str(tmp_path))
     BertBackbone(pretrained=str(tmp_path), trust_remote_code=True)
     assert seen == [False, True]

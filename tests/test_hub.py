@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEMO, TINIEST, cli
+from helpers import DEMO, TINIEST, cli, spy_on_trust_remote_code
 
 from lightning_rank.backbones import base, hub
 from lightning_rank.backbones.hf import BertBackbone
@@ -101,14 +101,7 @@ def test_the_tokenizer_runs_shipped_code_only_with_the_backbones_flag(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     BertBackbone(config=dict(TINIEST), tokenizer="builtin:words").save_pretrained(tmp_path)
-    seen = []
-    real = base.AutoTokenizer.from_pretrained
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["trust_remote_code"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(base.AutoTokenizer, "from_pretrained", spy)
+    seen = spy_on_trust_remote_code(monkeypatch, base.AutoTokenizer)
     BertBackbone(pretrained=str(tmp_path))
     BertBackbone(pretrained=str(tmp_path), trust_remote_code=True)
     base.load_tokenizer(str(tmp_path))
