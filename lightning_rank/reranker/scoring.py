@@ -135,8 +135,9 @@ class PairScorer:
     def from_pretrained(
         cls, folder: str | os.PathLike, trust_remote_code: bool = False, **backbone_overrides: Any
     ) -> Self:
-        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode. Python files
-        of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
+        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode: a local
+        folder or a Hugging Face hub id (offline: its cached snapshot, else an error naming the id). Python
+        files of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
         exported = read_export(folder, trust_remote_code, **backbone_overrides)
         module = cls(backbone=exported.backbone, backbone_args=exported.backbone_args)
         if exported.backbone_state is not None:
