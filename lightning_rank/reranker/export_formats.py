@@ -65,8 +65,7 @@ def prepare_classifier(
         if (reason := sentence_transformers_refusal(backbone, trained)) is not None:
             raise ConfigError(
                 f"--format sentence-transformers cannot reproduce this reranker's input: {reason}. Export "
-                "with --format native (scores as trained, through RerankerModule.from_pretrained) or "
-                "--format hf"
+                "with --format native (scores as trained, through RerankerModule.from_pretrained)"
             )
         if importlib.util.find_spec("sentence_transformers") is None:
             raise ConfigError(
