@@ -224,6 +224,12 @@ def test_other_formats_replace_only_their_own_folders(tmp_path):
         export_reranker(module, folder, format="hf")
     export_reranker(module, folder, overwrite=True, format="sentence-transformers")
     assert (folder / "modules.json").is_file()
+    card = (folder / "README.md").read_text()
+    (folder / "README.md").write_text(card + "my notes\n")  # the card edited: the user's now
+    with pytest.raises(OutputError, match="is not an earlier lightning-rank export"):
+        export_reranker(module, folder, overwrite=True, format="hf")
+    assert (folder / "README.md").read_text() == card + "my notes\n"
+    (folder / "README.md").write_text(card)
     (folder / "mine.txt").write_text("a file of mine\n")
     with pytest.raises(OutputError, match="is not an earlier lightning-rank export"):
         export_reranker(module, folder, overwrite=True, format="hf")
@@ -320,3 +326,22 @@ def test_model_card_records_base_model_and_monitored_metric():
     parsed = ModelCard(str(card)).data
     assert parsed.base_model == "cross-encoder/ms-marco-MiniLM-L6-v2"
     assert parsed.eval_results[0].metric_type == "nDCG@10" and parsed.eval_results[0].metric_value == 0.5
+
+
+def test_a_decoder_padding_with_its_eos_has_no_exact_classifier(tmp_path):
+    """The classifier skips pad tokens to find the last one: with pad = EOS it would score the token before
+    the EOS that ends every pair."""
+    module = reranker("pythia")
+    module.backbone.tokenizer.pad_token = module.backbone.tokenizer.eos_token
+    with pytest.raises(ConfigError, match="pads with '\\[EOS\\]', a token that also ends or starts"):
+        export_reranker(module, tmp_path / "hf", format="hf")
+
+
+def test_a_map_that_leaves_float_rounding_is_caught_before_writing(tmp_path, monkeypatch):
+    """With the tanh driven out of its linear range the probe scores differ: refused, nothing written."""
+    from lightning_rank.reranker import classifier_map
+
+    monkeypatch.setattr(classifier_map, "_TANH_INPUT_LIMIT", 4.0)
+    with pytest.raises(RuntimeError, match="RobertaForSequenceClassification scores differ"):
+        export_reranker(reranker("roberta", scale=300.0), tmp_path / "hf", format="hf")
+    assert list(tmp_path.iterdir()) == []

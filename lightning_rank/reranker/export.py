@@ -23,13 +23,14 @@ pickled code, and no Python file of the folder runs unless the caller asks (``tr
 whatever ``reranker.json`` says. Writes go to a temporary sibling folder that is moved into place, so an
 interrupted export never leaves a half-written folder under the name. An export creates a folder or fills
 an empty one; it replaces only an earlier export (``reranker.json`` with a ``format_version``, beside
-``backbone/``, ``head.safetensors`` and ``README.md`` and nothing else; or a folder holding only what its
-:data:`FOREIGN_MARKER` lists) and only when asked (``overwrite``); any other folder or file is refused
-before anything is written.
+``backbone/``, ``head.safetensors`` and ``README.md`` as written and nothing else; or a folder holding only
+what its :data:`FOREIGN_MARKER` lists) and only when asked (``overwrite``); any other folder or file is
+refused before anything is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -60,6 +61,8 @@ EXPORT_ENTRIES = frozenset({MANIFEST, BACKBONE, HEAD, CARD})
 #: in hf / sentence-transformers exports: the format and the top-level entries the export wrote
 FOREIGN_MARKER = "lightning_rank_export.json"
 MARKERS = (MANIFEST, FOREIGN_MARKER)
+#: the marker's record of the model card it wrote
+CARD_DIGEST = "card_sha256"
 #: suffixes of pickled files, which no export holds
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 
@@ -84,8 +87,19 @@ def is_export(folder: Path) -> bool:
         allowed, marker = EXPORT_ENTRIES, _read_json(folder / MANIFEST)
     else:
         return False
-    version = marker.get("format_version") if isinstance(marker, dict) else None
-    return names <= allowed and isinstance(version, int) and not isinstance(version, bool)
+    if not isinstance(marker, dict) or not names <= allowed:
+        return False
+    if CARD in names and marker.get(CARD_DIGEST) != _digest(folder / CARD):
+        return False
+    version = marker.get("format_version")
+    return isinstance(version, int) and not isinstance(version, bool)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _read_json(path: Path) -> Any:
@@ -168,10 +182,12 @@ def export_reranker(
         write(staging)
         card.save(staging / CARD)
         _refuse_pickles(staging, module.hparams.get("backbone"))
+        marker_path = staging / (MANIFEST if format == "native" else FOREIGN_MARKER)
+        marker = _read_json(marker_path) if format == "native" else {"format_version": FORMAT_VERSION}
         if format != "native":
-            entries = sorted(p.name for p in staging.iterdir())
-            marker = {"format_version": FORMAT_VERSION, "format": format, "entries": entries}
-            (staging / FOREIGN_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+            marker.update(format=format, entries=sorted(p.name for p in staging.iterdir()))
+        marker[CARD_DIGEST] = _digest(staging / CARD)  # a card edited since is the user's: never replaced
+        marker_path.write_text(json.dumps(marker, indent=2) + "\n")
         _move_into(staging, check_export_target(folder, overwrite))  # again: it may have changed meanwhile
     finally:
         shutil.rmtree(staging, ignore_errors=True)
