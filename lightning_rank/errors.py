@@ -70,6 +70,10 @@ class UntrustedCodeError(InputError, ValueError):
     """An export that asks to run its own Python code, loaded without the caller's ``trust_remote_code``."""
 
 
+class UploadError(InputError, OSError):
+    """An upload to the Hugging Face hub that failed (network, login, permissions): the local files stay."""
+
+
 # -- range checks of numeric options, run before any data is read ---------------------------------------
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)

@@ -49,7 +49,12 @@ def test_export_round_trip_scores_equal_and_backbone_loads_with_automodel(bert, 
     assert type(AutoModel.from_pretrained(folder / "backbone")).__name__ == "BertModel"
     # Exporting again over an earlier export replaces it whole, when asked to.
     bert.save_pretrained(folder, overwrite=True)
-    assert sorted(p.name for p in folder.iterdir()) == ["backbone", "head.safetensors", "reranker.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "backbone",
+        "head.safetensors",
+        "reranker.json",
+    ]
 
 
 def test_from_pretrained_rejects_a_folder_that_is_not_an_export(tmp_path):

@@ -274,3 +274,23 @@ def test_a_checkpoints_head_choice_cannot_be_changed_under_it():
         {"backbone": "bert", "backbone_args": {}}, {"init_head": "auto"}, "test", "x"
     )
     assert settings["init_head"] == "auto"  # a checkpoint from before the setting: nothing to compare
+
+
+@pytest.mark.parametrize(("family", "num_labels"), [("bert", 2), ("roberta", 1), ("pythia", 1), ("llama", 2)])
+def test_a_checkpoints_classifier_exports_to_transformers_and_cross_encoder_with_its_scores(
+    tmp_path, family, num_labels
+):
+    checkpoint(tmp_path / "ckpt", family, num_labels)
+    module = RerankerModule(backbone=family, backbone_args={"pretrained": str(tmp_path / "ckpt")}).eval()
+    ours = module.score(QUERIES, DOCUMENTS)
+    module.save_pretrained(tmp_path / "hf", format="hf")
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert exported.config.num_labels == 1  # two labels became their difference: the logit is the score
+    with torch.no_grad():
+        exact(transformers_scores(exported, our_batch(module, QUERIES, DOCUMENTS)), ours)
+    if family in ("bert", "roberta"):
+        from sentence_transformers import CrossEncoder
+
+        module.save_pretrained(tmp_path / "st", format="sentence-transformers")
+        predicted = CrossEncoder(str(tmp_path / "st")).predict(list(zip(QUERIES, DOCUMENTS, strict=True)))
+        exact(torch.as_tensor(predicted), ours)

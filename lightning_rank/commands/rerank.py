@@ -41,7 +41,8 @@ def rerank(
     """Write ``run``'s top ``depth`` candidates rescored by an exported reranker; with qrels, print metrics.
 
     Args:
-        model: the folder ``lightning-rank export`` wrote.
+        model: the folder ``lightning-rank export`` wrote, or the Hugging Face hub id it was uploaded to
+            (offline: the cached copy).
         dataset: ir_datasets id whose queries and corpus the run is over (a registered ``NAME/test``).
         run: the TREC run to rerank (e.g. ``lightning-rank bm25``'s).
         output: TREC run file to write (atomically; its folder is created); an existing file is replaced

@@ -13,22 +13,31 @@ Layout of an export folder::
                          for backbones without save_pretrained
     head.safetensors     the fp32 head: Linear(hidden, 1), or a checkpoint's classifier (its form in
                          reranker.json's ``head``)
+    README.md            the model card (:mod:`.model_card`)
 
-Everything is safetensors or JSON: loading executes no pickled code, and no Python file of the folder runs
-unless the caller asks (``trust_remote_code=True``), whatever ``reranker.json`` says. Writes go to a
-temporary sibling folder that is moved into place, so an interrupted export never leaves a half-written
-folder under the name. An export creates a folder or fills an empty one; it replaces only an earlier export
-(``reranker.json`` with a ``format_version``, beside ``backbone/`` and ``head.safetensors`` and nothing else)
-and only when asked (``overwrite``); any other folder or file is refused before anything is written.
+That is ``--format native``, the default: it loads back exactly for every backbone, with the input format.
+``--format hf`` and ``--format sentence-transformers`` (:mod:`.export_formats`) write a transformers
+sequence-classification folder instead, with :data:`FOREIGN_MARKER` listing what the export wrote.
+
+Everything is safetensors or JSON (an export that would hold a pickle is refused): loading executes no
+pickled code, and no Python file of the folder runs unless the caller asks (``trust_remote_code=True``),
+whatever ``reranker.json`` says. Writes go to a temporary sibling folder that is moved into place, so an
+interrupted export never leaves a half-written folder under the name. An export creates a folder or fills
+an empty one; it replaces only an earlier export (``reranker.json`` with a ``format_version``, beside
+``backbone/``, ``head.safetensors`` and ``README.md`` as written and nothing else; or a folder holding only
+what its :data:`FOREIGN_MARKER` lists) and only when asked (``overwrite``); any other folder or file is
+refused before anything is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,18 +45,28 @@ from typing import Any, Protocol
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lightning_rank.backbones import hub
 from lightning_rank.backbones.classifier_heads import HeadForm
 from lightning_rank.backbones.registry import is_import_path
 from lightning_rank.errors import ConfigError, ModelNotFoundError, OutputError, UntrustedCodeError
+from lightning_rank.reranker.export_formats import check_format, prepare_classifier
 from lightning_rank.reranker.lora import merged_copy
+from lightning_rank.reranker.model_card import CARD, CardFacts, model_card
 from lightning_rank.text.input_format import InputFormat
 
 FORMAT_VERSION = 1
 MANIFEST = "reranker.json"
 HEAD = "head.safetensors"
 BACKBONE = "backbone"
-#: everything an export writes at its top level: a folder holding only these (manifest included) is one
-EXPORT_ENTRIES = frozenset({MANIFEST, BACKBONE, HEAD})
+#: everything a native export writes at its top level: a folder holding only these (manifest included) is one
+EXPORT_ENTRIES = frozenset({MANIFEST, BACKBONE, HEAD, CARD})
+#: in hf / sentence-transformers exports: the format and the top-level entries the export wrote
+FOREIGN_MARKER = "lightning_rank_export.json"
+MARKERS = (MANIFEST, FOREIGN_MARKER)
+#: the marker's record of the model card it wrote
+CARD_DIGEST = "card_sha256"
+#: suffixes of pickled files, which no export holds
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 
 
 class Exportable(Protocol):
@@ -60,17 +79,36 @@ class Exportable(Protocol):
 
 
 def is_export(folder: Path) -> bool:
-    """Whether ``folder`` is an earlier export: its manifest has an integer ``format_version`` and it holds
-    nothing an export does not write."""
+    """Whether ``folder`` is an earlier export: its manifest (or marker) has an integer ``format_version``
+    and it holds nothing an export does not write."""
     names = {p.name for p in folder.iterdir()}
-    if MANIFEST not in names or not names <= EXPORT_ENTRIES:
+    marker = _read_json(folder / FOREIGN_MARKER) if FOREIGN_MARKER in names else None
+    if isinstance(marker, dict) and isinstance(marker.get("entries"), list):
+        allowed = {*marker["entries"], FOREIGN_MARKER}
+    elif MANIFEST in names:
+        allowed, marker = EXPORT_ENTRIES, _read_json(folder / MANIFEST)
+    else:
         return False
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    if not isinstance(marker, dict) or not names <= allowed:
         return False
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if CARD in names and marker.get(CARD_DIGEST) != _digest(folder / CARD):
+        return False
+    version = marker.get("format_version")
     return isinstance(version, int) and not isinstance(version, bool)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def check_export_target(folder: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -108,23 +146,72 @@ def check_export_target(folder: str | os.PathLike, overwrite: bool = False) -> P
     return folder
 
 
-def export_reranker(module: Exportable, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``module`` (backbone, head, tokenizer, config) to ``folder``, which must be absent, empty, or an
-    earlier export (replaced only with ``overwrite``: :func:`check_export_target`); it appears complete."""
+def export_reranker(
+    module: Exportable,
+    folder: str | os.PathLike,
+    overwrite: bool = False,
+    format: str = "native",
+    facts: CardFacts | None = None,
+) -> Path:
+    """Write ``module`` to ``folder`` in ``format`` (native: backbone, head, tokenizer, config; or a
+    sequence-classification folder: :mod:`.export_formats`) with its model card (``facts``: what the
+    checkpoint records of its training). ``folder`` must be absent, empty, or an earlier export (replaced
+    only with ``overwrite``: :func:`check_export_target`); it appears complete. A format that cannot hold
+    this reranker exactly is refused before anything is written."""
+    check_format(format)
     folder = check_export_target(folder, overwrite)
+    backbone = merged_copy(module.backbone)  # LoRA adapters folded into plain weights
+    if format == "native":
+        rendering = "RerankerModule.score and `lightning-rank rerank` render pairs so by themselves"
+        write = _native_writer(module, backbone)
+    else:
+        write, rendering = prepare_classifier(
+            backbone, module.head, module.input_format, format == "sentence-transformers"
+        )
+    card = model_card(
+        str(module.hparams.get("backbone")),
+        dict(module.hparams.get("backbone_args") or {}),
+        backbone.template.text,
+        module.input_format,
+        format,
+        facts or CardFacts(),
+        rendering,
+        folder.name,
+    )
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _write_export(module, staging)
+        write(staging)
+        card.save(staging / CARD)
+        _refuse_pickles(staging, module.hparams.get("backbone"))
+        marker_path = staging / (MANIFEST if format == "native" else FOREIGN_MARKER)
+        marker = _read_json(marker_path) if format == "native" else {"format_version": FORMAT_VERSION}
+        if format != "native":
+            marker.update(format=format, entries=sorted(p.name for p in staging.iterdir()))
+        marker[CARD_DIGEST] = _digest(staging / CARD)  # a card edited since is the user's: never replaced
+        marker_path.write_text(json.dumps(marker, indent=2) + "\n")
         _move_into(staging, check_export_target(folder, overwrite))  # again: it may have changed meanwhile
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
-def _write_export(module: Exportable, staging: Path) -> None:
-    """Write the export's files into the empty folder ``staging``."""
-    backbone = merged_copy(module.backbone)  # LoRA adapters folded into plain weights
+def _refuse_pickles(staging: Path, backbone: Any) -> None:
+    """An export holds no pickle: a backbone whose ``save_pretrained`` writes one is refused."""
+    pickles = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ConfigError(
+            f"backbone {backbone!r} saved {', '.join(pickles)}: pickled files, which an export never holds "
+            "(loading them can run code). Make its save_pretrained write safetensors"
+        )
+
+
+def _native_writer(module: Exportable, backbone: nn.Module) -> Callable[[Path], None]:
+    return lambda staging: _write_export(module, backbone, staging)
+
+
+def _write_export(module: Exportable, backbone: nn.Module, staging: Path) -> None:
+    """Write the native export's files into the empty folder ``staging``."""
     args = dict(module.hparams.get("backbone_args") or {})
     if hasattr(backbone, "save_pretrained"):
         backbone.save_pretrained(staging / "backbone")
@@ -163,8 +250,8 @@ def _move_into(staging: Path, folder: Path) -> None:
         staging.rename(folder)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-    outgoing = sorted(folder.iterdir(), key=lambda p: p.name != MANIFEST)
-    incoming = sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST)
+    outgoing = sorted(folder.iterdir(), key=lambda p: p.name not in MARKERS)
+    incoming = sorted(staging.iterdir(), key=lambda p: p.name in MARKERS)
     moved_out: list[str] = []
     moved_in: list[str] = []
     try:
@@ -196,14 +283,35 @@ class ExportedReranker:
     head_form: HeadForm | None = None  # a checkpoint's classifier; None: the Linear(hidden, 1) head
 
 
+def locate_export(name: str | os.PathLike) -> Path:
+    """An export's folder: ``name`` itself when it exists, else a Hugging Face hub id's snapshot (downloaded
+    while the hub can be reached; offline, the cached one or :class:`HubModelNotCachedError` naming it)."""
+    path = Path(name).expanduser()
+    return (path if path.exists() else hub.local_folder(os.fspath(name), "model")).resolve()
+
+
+def _other(folder: Path) -> str:
+    """What an export of another format is, and what loads it."""
+    marker = _read_json(folder / FOREIGN_MARKER)
+    kind = marker.get("format") if isinstance(marker, dict) else None
+    if kind not in ("hf", "sentence-transformers"):
+        return ""
+    loader = "sentence_transformers.CrossEncoder" if kind == "sentence-transformers" else "transformers"
+    return (
+        f"; it is a --format {kind} export, which {loader} loads: export the checkpoint with --format native "
+        "for lightning-rank"
+    )
+
+
 def read_export(
     folder: str | os.PathLike, trust_remote_code: bool = False, **overrides: Any
 ) -> ExportedReranker:
-    """Read the export at ``folder``; ``overrides`` update the backbone's arguments.
+    """Read the export at ``folder`` (a local folder or a hub id); ``overrides`` update the backbone's
+    arguments.
 
     Python files of the folder (a backbone config's ``auto_map``) run only with ``trust_remote_code=True``
     from the caller: a manifest that asks for it without the caller's flag is refused, never obeyed."""
-    folder = Path(folder).expanduser().resolve()
+    folder = locate_export(folder)
     manifest_path = folder / MANIFEST
     manifest = _read_manifest(manifest_path)
     own_weights = manifest["backbone_weights"] == "state_dict"
@@ -239,6 +347,7 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise ModelNotFoundError(
             f"{manifest_path.parent} is not a lightning-rank export: {MANIFEST} is missing"
+            f"{_other(manifest_path.parent)}"
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

@@ -164,17 +164,21 @@ class PairScorer:
             )
 
     # -- inference without Lightning ---------------------------------------------------------------------
-    def save_pretrained(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    def save_pretrained(
+        self, folder: str | os.PathLike, overwrite: bool = False, format: str = "native"
+    ) -> Path:
         """Export backbone (its own format), tokenizer and head to ``folder`` (:mod:`.export`): a new or
-        empty folder, or an earlier export with ``overwrite``."""
-        return export_reranker(self, folder, overwrite)
+        empty folder, or an earlier export with ``overwrite``. ``format`` ``hf`` / ``sentence-transformers``
+        writes a folder those libraries load, where the model maps onto one exactly."""
+        return export_reranker(self, folder, overwrite, format)
 
     @classmethod
     def from_pretrained(
         cls, folder: str | os.PathLike, trust_remote_code: bool = False, **backbone_overrides: Any
     ) -> Self:
-        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode. Python files
-        of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
+        """Load an export written by :meth:`save_pretrained` (safetensors only), in eval mode: a local
+        folder or a Hugging Face hub id (offline: its cached snapshot, else an error naming the id). Python
+        files of the folder run only with ``trust_remote_code=True``, never because its manifest asks."""
         exported = read_export(folder, trust_remote_code, **backbone_overrides)
         module = cls(backbone=exported.backbone, backbone_args=exported.backbone_args, init_head="fresh")
         if exported.backbone_state is not None:

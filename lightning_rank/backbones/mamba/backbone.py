@@ -155,11 +155,12 @@ class _MambaBackbone(Backbone):
         first token (``position_ids == 0``), so no sequence sees the one before it."""
         return self.backbone(input_ids, (sequence_ids >= 0).long(), position_ids)
 
-    def save_pretrained(self, folder: str | Path, layout: Layout = "mamba_ssm") -> None:
+    def save_pretrained(self, folder: str | Path, layout: Layout = "transformers") -> None:
         """Write ``config.json``, the weights and the tokenizer to ``folder`` in either layout.
 
-        ``mamba_ssm``: config with ``d_model``/``n_layer``/``ssm_cfg``/... and ``pytorch_model.bin``;
-        ``transformers``: a ``MambaConfig``/``Mamba2Config`` ``config.json`` and ``model.safetensors``.
+        ``transformers`` (the default, and what exports write): a ``MambaConfig``/``Mamba2Config``
+        ``config.json`` and ``model.safetensors``; ``mamba_ssm``: config with ``d_model``/``n_layer``/
+        ``ssm_cfg``/... and the pickled ``pytorch_model.bin`` that mamba_ssm's own loader reads.
         """
         folder = Path(folder)
         save_checkpoint(folder, self.config, self.state_dict(), layout)

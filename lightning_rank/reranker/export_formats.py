@@ -1,0 +1,140 @@
+"""The folders ``--format hf`` and ``--format sentence-transformers`` write, or why a reranker has none.
+
+``hf``: a transformers sequence-classification folder (``AutoModelForSequenceClassification``; the map and
+its limits are :mod:`.classifier_map`) with the tokenizer. Its logits are our scores for the same token ids;
+rendering pairs as training did (template, token budgets, excerpts) is the caller's part, and the model card
+records how.
+
+``sentence-transformers``: the same model saved by sentence-transformers' own ``CrossEncoder``, with an
+identity activation (``predict`` returns the scores, not a sigmoid of them), ``max_length`` the training's,
+and truncation of the document only (``only_second``): exactly how training rendered a pair whose query
+fits ``max_query_length``. What ``CrossEncoder`` cannot render is refused: a text template (it tokenizes the
+tokenizer's own pair format), first-stage scores shown as text, and query-biased excerpts.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from lightning_rank.backbones.base import Backbone
+from lightning_rank.errors import ConfigError
+from lightning_rank.reranker.classifier_map import check_same_scores, sequence_classifier
+from lightning_rank.text.input_format import InputFormat
+from lightning_rank.text.templates import PAIR
+
+Format = Literal["native", "sentence-transformers", "hf"]
+FORMATS: tuple[str, ...] = ("native", "sentence-transformers", "hf")
+#: in an hf / sentence-transformers folder's config.json: how training rendered pairs
+CONFIG_KEY = "lightning_rank"
+
+
+def check_format(name: str) -> None:
+    if name not in FORMATS:
+        raise ConfigError(f"--format {name!r} is not one of {', '.join(FORMATS)}")
+
+
+def sentence_transformers_refusal(backbone: Backbone, trained: InputFormat | None) -> str | None:
+    """Why ``CrossEncoder`` cannot render pairs as this reranker was trained on, or None."""
+    if backbone.template.text != PAIR:
+        return (
+            f"it was trained on template {backbone.template.text!r}, and CrossEncoder tokenizes (query, "
+            "document) in the tokenizer's own pair format"
+        )
+    if trained is not None and trained.excerpt != "first":
+        return (
+            f"it was trained on {trained.excerpt!r} excerpts of long documents (data.excerpt), and "
+            "CrossEncoder reads a document's start"
+        )
+    return None
+
+
+def prepare_classifier(
+    backbone: Backbone, head: nn.Module, trained: InputFormat | None, st: bool
+) -> tuple[Callable[[Path], None], str]:
+    """Build and check the sequence-classification model (``st``: for sentence-transformers), refusing what
+    the format cannot hold exactly; return the writer of its folder and how the folder renders pairs.
+    Nothing is written here: a refusal leaves the disk as it was."""
+    if st:
+        if (reason := sentence_transformers_refusal(backbone, trained)) is not None:
+            raise ConfigError(
+                f"--format sentence-transformers cannot reproduce this reranker's input: {reason}. Export "
+                "with --format native (scores as trained, through RerankerModule.from_pretrained)"
+            )
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ConfigError(
+                "--format sentence-transformers needs the sentence-transformers package: pip install "
+                "'lightning-rank[sentence-transformers]'"
+            )
+    model = sequence_classifier(backbone, head)
+    check_same_scores(backbone, head, model)
+    model.config.update({CONFIG_KEY: _rendering(backbone, trained)})
+    tokenizer = copy.deepcopy(backbone.tokenizer)
+    if getattr(backbone, "_takes_token_types", False):  # the classifier reads them: the tokenizer gives them
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+        tokenizer.model_input_names = names
+        tokenizer.init_kwargs["model_input_names"] = names
+
+    def write(folder: Path) -> None:
+        if st:
+            _save_cross_encoder(model, tokenizer, trained or InputFormat(), folder)
+        else:
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+    return write, rendering_note(backbone, trained, st)
+
+
+def _save_cross_encoder(model: Any, tokenizer: Any, trained: InputFormat, folder: Path) -> None:
+    """Build the CrossEncoder from the classifier and let sentence-transformers write its folder."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    with tempfile.TemporaryDirectory(prefix=".classifier.", dir=folder.parent) as plain:
+        model.save_pretrained(plain)
+        tokenizer.save_pretrained(plain)
+        encoder = CrossEncoder(
+            plain, activation_fn=torch.nn.Identity(), max_length=trained.max_length, local_files_only=True
+        )
+        encoder[0].processing_kwargs = {"text": {"truncation": "only_second"}}
+        encoder.save_pretrained(os.fspath(folder), create_model_card=False)
+
+
+def _rendering(backbone: Backbone, trained: InputFormat | None) -> dict[str, Any]:
+    """How training rendered pairs, for config.json and the model card."""
+    return {
+        "template": backbone.template.text,
+        "pooling": backbone.pooling,
+        "input_format": (trained or InputFormat()).as_dict(),
+        "input_format_recorded": trained is not None,
+    }
+
+
+def rendering_note(backbone: Backbone, trained: InputFormat | None, st: bool) -> str:
+    """One sentence on how far the folder's own tokenization matches training's."""
+    shape = trained or InputFormat()
+    if st:
+        return (
+            f"CrossEncoder renders pairs as training did for queries of up to {shape.max_query_length} "
+            "tokens "
+            f"(max_length {shape.max_length}, the document truncated); a longer query was cut to "
+            f"{shape.max_query_length} tokens in training and is kept whole here"
+        )
+    if backbone.template.text == PAIR:
+        return (
+            "tokenize with tokenizer(query, document, truncation='only_second', "
+            f"max_length={shape.max_length}) after cutting queries to {shape.max_query_length} tokens"
+            + (f"; training read {shape.excerpt!r} excerpts" if shape.excerpt != "first" else "")
+        )
+    return (
+        f"render pairs as {backbone.template.text!r} (config.json's {CONFIG_KEY!r}) in at most "
+        f"{shape.max_length} tokens before tokenizing: the tokenizer does not apply the template"
+    )
