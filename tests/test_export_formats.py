@@ -152,6 +152,36 @@ def test_llama_maps_only_without_a_head_bias(tmp_path):
     assert not (tmp_path / "biased").exists()
 
 
+@pytest.mark.parametrize("backbone", ["bert", "roberta"])
+def test_a_mean_pooled_reranker_exports_as_a_cross_encoder_of_modules_with_its_scores(backbone, tmp_path):
+    """No sequence classifier reads a mean of the tokens: the CrossEncoder is Transformer, Pooling(mean),
+    Dense, and CrossEncoder(path) gives our scores; the hf format stays refused."""
+    module = reranker(backbone, pooling="mean", bias=-0.5)
+    export_reranker(module, tmp_path / "st", format="sentence-transformers")
+    modules = json.loads((tmp_path / "st" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "Dense"]
+    pooling = json.loads((tmp_path / "st" / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode"] == "mean"
+    assert not [p for pattern in PICKLES for p in (tmp_path / "st").rglob(pattern)]
+    assert "sentence-transformers 6" in (tmp_path / "st" / "README.md").read_text()
+    torch.testing.assert_close(
+        cross_encoder_scores(tmp_path / "st"), module.score(PAIRS_Q, PAIRS_D), atol=1e-5, rtol=0
+    )
+    with pytest.raises(ConfigError, match="it pools the 'mean' token"):
+        export_reranker(module, tmp_path / "hf", format="hf")
+
+
+def test_a_cross_encoder_that_scores_otherwise_is_caught_before_writing(tmp_path, monkeypatch):
+    """The probe check reads CrossEncoder's own predictions: a map that is off (here a Pooling of the
+    first token for a mean-pooled reranker) fails the export, and nothing is written."""
+    from lightning_rank.reranker import cross_encoder_map
+
+    monkeypatch.setitem(cross_encoder_map.POOLING_MODES, "mean", "cls")
+    with pytest.raises(RuntimeError, match="CrossEncoder scores differ"):
+        export_reranker(reranker("bert", pooling="mean"), tmp_path / "st", format="sentence-transformers")
+    assert not (tmp_path / "st").exists()
+
+
 @pytest.mark.parametrize(
     ("build", "fmt", "reason"),
     [

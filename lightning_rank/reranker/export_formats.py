@@ -5,16 +5,17 @@ its limits are :mod:`.classifier_map`) with the tokenizer. Its logits are our sc
 rendering pairs as training did (template, token budgets, excerpts) is the caller's part, and the model card
 records how.
 
-``sentence-transformers``: the same model saved by sentence-transformers' own ``CrossEncoder``, with an
-identity activation (``predict`` returns the scores, not a sigmoid of them), ``max_length`` the training's,
-and truncation of the document only (``only_second``): exactly how training rendered a pair whose query
-fits ``max_query_length``. What ``CrossEncoder`` cannot render is refused: a text template (it tokenizes the
-tokenizer's own pair format), first-stage scores shown as text, and query-biased excerpts.
+``sentence-transformers``: the same model saved by sentence-transformers' own ``CrossEncoder`` (or, where
+no sequence classifier maps, e.g. mean pooling, a CrossEncoder of Transformer, Pooling and Dense modules:
+:mod:`.cross_encoder_map`), with an identity activation (``predict`` returns the scores, not a sigmoid of
+them), ``max_length`` the training's, and truncation of the document only (``only_second``): exactly how
+training rendered a pair whose query fits ``max_query_length``. What ``CrossEncoder`` cannot render is
+refused: a text template (it tokenizes the tokenizer's own pair format), first-stage scores shown as text,
+and query-biased excerpts.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
 from collections.abc import Callable
@@ -26,6 +27,11 @@ from torch import nn
 from lightning_rank.backbones.base import Backbone
 from lightning_rank.errors import ConfigError
 from lightning_rank.reranker.classifier_map import check_same_scores, sequence_classifier
+from lightning_rank.reranker.cross_encoder_map import (
+    check_cross_encoder,
+    modular_cross_encoder,
+    tokenizer_for_pairs,
+)
 from lightning_rank.text.input_format import InputFormat
 from lightning_rank.text.templates import PAIR
 
@@ -58,54 +64,77 @@ def sentence_transformers_refusal(backbone: Backbone, trained: InputFormat | Non
 def prepare_classifier(
     backbone: Backbone, head: nn.Module, trained: InputFormat | None, st: bool
 ) -> tuple[Callable[[Path], None], str]:
-    """Build and check the sequence-classification model (``st``: for sentence-transformers), refusing what
-    the format cannot hold exactly; return the writer of its folder and how the folder renders pairs.
-    Nothing is written here: a refusal leaves the disk as it was."""
+    """Build and check the model of the folder (``st``: a sentence-transformers CrossEncoder, else a
+    transformers sequence classifier), refusing what the format cannot hold exactly; return the writer of
+    its folder and how the folder renders pairs. Nothing is written here: a refusal leaves the disk as it
+    was."""
     if st:
-        if (reason := sentence_transformers_refusal(backbone, trained)) is not None:
-            raise ConfigError(
-                f"--format sentence-transformers cannot reproduce this reranker's input: {reason}. Export "
-                "with --format native (scores as trained, through RerankerModule.from_pretrained)"
-            )
-        if importlib.util.find_spec("sentence_transformers") is None:
-            raise ConfigError(
-                "--format sentence-transformers needs the sentence-transformers package: pip install "
-                "'lightning-rank[sentence-transformers]'"
-            )
+        return _prepare_cross_encoder(backbone, head, trained or InputFormat(), trained)
     model = sequence_classifier(backbone, head)
     check_same_scores(backbone, head, model)
     model.config.update({CONFIG_KEY: _rendering(backbone, trained)})
-    tokenizer = copy.deepcopy(backbone.tokenizer)
-    if getattr(backbone, "_takes_token_types", False):  # the classifier reads them: the tokenizer gives them
-        names = ["input_ids", "token_type_ids", "attention_mask"]
-        tokenizer.model_input_names = names
-        tokenizer.init_kwargs["model_input_names"] = names
+    tokenizer = tokenizer_for_pairs(backbone)
 
     def write(folder: Path) -> None:
-        if st:
-            _save_cross_encoder(model, tokenizer, trained or InputFormat(), folder)
-        else:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
     return write, rendering_note(backbone, trained, st)
 
 
-def _save_cross_encoder(model: Any, tokenizer: Any, trained: InputFormat, folder: Path) -> None:
-    """Build the CrossEncoder from the classifier and let sentence-transformers write its folder."""
+def _prepare_cross_encoder(
+    backbone: Backbone, head: nn.Module, shape: InputFormat, trained: InputFormat | None
+) -> tuple[Callable[[Path], None], str]:
+    """The CrossEncoder: over the sequence classifier where one maps exactly (the form every
+    sentence-transformers version and other rerankers' tools load), else of modules (Transformer, Pooling,
+    Dense: sentence-transformers 6); either is checked on probe texts."""
+    if (reason := sentence_transformers_refusal(backbone, trained)) is not None:
+        raise ConfigError(
+            f"--format sentence-transformers cannot reproduce this reranker's input: {reason}. Export "
+            "with --format native (scores as trained, through RerankerModule.from_pretrained)"
+        )
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise ConfigError(
+            "--format sentence-transformers needs the sentence-transformers package: pip install "
+            "'lightning-rank[sentence-transformers]'"
+        )
+    try:
+        model = sequence_classifier(backbone, head)
+    except ConfigError:
+        encoder, form = modular_cross_encoder(backbone, head, shape), "modules"
+    else:
+        check_same_scores(backbone, head, model)
+        model.config.update({CONFIG_KEY: _rendering(backbone, trained)})
+        encoder, form = _classifier_cross_encoder(model, tokenizer_for_pairs(backbone), shape), "classifier"
+    check_cross_encoder(backbone, head, shape, encoder)
+
+    def write(folder: Path) -> None:
+        encoder.save_pretrained(os.fspath(folder), create_model_card=False)
+
+    return write, rendering_note(backbone, trained, st=True) + (
+        "; the folder is a CrossEncoder of modules (Transformer, Pooling, Dense), which "
+        "sentence-transformers 6 or later loads"
+        if form == "modules"
+        else ""
+    )
+
+
+def _classifier_cross_encoder(model: Any, tokenizer: Any, shape: InputFormat) -> Any:
+    """A CrossEncoder over the sequence classifier, in memory (identity activation: scores, no sigmoid)."""
     import tempfile
 
     import torch
     from sentence_transformers import CrossEncoder
 
-    with tempfile.TemporaryDirectory(prefix=".classifier.", dir=folder.parent) as plain:
+    with tempfile.TemporaryDirectory(prefix=".classifier.") as plain:
         model.save_pretrained(plain)
         tokenizer.save_pretrained(plain)
         encoder = CrossEncoder(
-            plain, activation_fn=torch.nn.Identity(), max_length=trained.max_length, local_files_only=True
-        )
-        encoder[0].processing_kwargs = {"text": {"truncation": "only_second"}}
-        encoder.save_pretrained(os.fspath(folder), create_model_card=False)
+            plain, activation_fn=torch.nn.Identity(), max_length=shape.max_length, local_files_only=True,
+            device="cpu",
+        )  # fmt: skip
+    encoder[0].processing_kwargs = {"text": {"truncation": "only_second"}}
+    return encoder.eval()
 
 
 def _rendering(backbone: Backbone, trained: InputFormat | None) -> dict[str, Any]:
