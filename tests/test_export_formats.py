@@ -256,7 +256,7 @@ def test_other_formats_replace_only_their_own_folders(tmp_path):
     assert (folder / "modules.json").is_file()
     card = (folder / "README.md").read_text()
     (folder / "README.md").write_text(card + "my notes\n")  # the card edited: the user's now
-    with pytest.raises(OutputError, match="is not an earlier lightning-rank export"):
+    with pytest.raises(OutputError, match=r"model card \(README.md\) was edited since"):
         export_reranker(module, folder, overwrite=True, format="hf")
     assert (folder / "README.md").read_text() == card + "my notes\n"
     (folder / "README.md").write_text(card)

@@ -78,9 +78,9 @@ class Exportable(Protocol):
     input_format: InputFormat | None
 
 
-def is_export(folder: Path) -> bool:
-    """Whether ``folder`` is an earlier export: its manifest (or marker) has an integer ``format_version``
-    and it holds nothing an export does not write."""
+def is_export(folder: Path, check_card: bool = True) -> bool:
+    """Whether ``folder`` is an earlier export: its manifest (or marker) has an integer ``format_version``,
+    it holds nothing an export does not write, and (``check_card``) its model card is as written."""
     names = {p.name for p in folder.iterdir()}
     marker = _read_json(folder / FOREIGN_MARKER) if FOREIGN_MARKER in names else None
     if isinstance(marker, dict) and isinstance(marker.get("entries"), list):
@@ -91,7 +91,7 @@ def is_export(folder: Path) -> bool:
         return False
     if not isinstance(marker, dict) or not names <= allowed:
         return False
-    if CARD in names and marker.get(CARD_DIGEST) != _digest(folder / CARD):
+    if check_card and CARD in names and marker.get(CARD_DIGEST) != _digest(folder / CARD):
         return False
     version = marker.get("format_version")
     return isinstance(version, int) and not isinstance(version, bool)
@@ -131,6 +131,12 @@ def check_export_target(folder: str | os.PathLike, overwrite: bool = False) -> P
         raise OutputError(f"--output {folder} cannot be read ({err.strerror}); pass another folder") from None
     if not names:
         return folder
+    if not is_export(folder) and is_export(folder, check_card=False):
+        raise OutputError(
+            f"--output {folder} holds an earlier export whose model card ({CARD}) was edited since: the "
+            "card is yours now, and the folder is never replaced. Move the card out of it, or pass a new "
+            "folder"
+        )
     if not is_export(folder):
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise OutputError(
