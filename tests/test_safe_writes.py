@@ -116,7 +116,7 @@ def test_export_reranker_follows_the_same_rule(tmp_path):
         export_reranker(module, folder)
     assert export_reranker(module, folder, overwrite=True) == folder and is_export(folder)
     (folder / "README.md").write_text("my notes on this model\n")
-    with pytest.raises(OutputError, match=r"never replaced \(it holds README.md, backbone"):
+    with pytest.raises(OutputError, match=r"model card \(README.md\) was edited since: the card is yours"):
         export_reranker(module, folder, overwrite=True)
     assert (folder / "README.md").read_text() == "my notes on this model\n"
 

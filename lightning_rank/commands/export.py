@@ -52,12 +52,18 @@ def export_checkpoint(
     recorded = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     folder = export_reranker(module, output, overwrite, format, card_facts(recorded))
     trained = module.input_format
-    renders = (
-        f"trained on max_length {trained.max_length}, max_query_length {trained.max_query_length}, excerpt "
+    shape = (
+        f"max_length {trained.max_length}, max_query_length {trained.max_query_length}, excerpt "
         f"{trained.excerpt}"
         if trained is not None
-        else "no fit settings recorded: score() uses its defaults"
+        else None
     )
+    if format == "native":
+        renders = f"scores pairs as its fit did: {shape}" if shape else "no fit settings recorded"
+        renders += "" if shape else ": score() uses its defaults"
+    else:
+        renders = f"trained on {shape or 'settings not recorded (256 / 64 / first assumed)'}"
+        renders += "; its model card says how the folder renders pairs"
     print(f"exported {ckpt_path} to {folder} as {format}; {renders}")
     if push_to_hub:
         url = upload(folder, push_to_hub, private)
