@@ -27,7 +27,8 @@ from lightning_rank.datamodules.batch import PackedRows, PaddedRows, PairBatch
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.errors import ConfigError
 from lightning_rank.reranker.cuda_graphs import PACKING_CONFLICT, TrainingGraphs, check_cuda_graphs
-from lightning_rank.reranker.export import export_reranker, read_export
+from lightning_rank.reranker.export import export_reranker
+from lightning_rank.reranker.export_reader import read_export
 from lightning_rank.text.excerpts import Excerpt
 from lightning_rank.text.input_format import InputFormat
 
