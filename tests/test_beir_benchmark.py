@@ -41,9 +41,11 @@ def test_beir_benchmark_runs_bm25_teacher_fit_rerank_and_reports(tmp_path):
             "32",
             "--",
             "--model.backbone_args",
-            json.dumps(TINY_BERT),
+            json.dumps({**TINY_BERT, "pooling": "mean"}),  # the recipe's pooling
             "--trainer.max_steps",
             "3",
+            "--data.excerpt",  # what a CrossEncoder reads: the start of each document
+            "first",
         ],
         capture_output=True,
         text=True,
@@ -72,6 +74,20 @@ def test_beir_benchmark_runs_bm25_teacher_fit_rerank_and_reports(tmp_path):
         assert (out / run).stat().st_size > 0
     # the config's loss distils BM25: without its train run as the teacher, training would stop at once
     assert "WeightedSum" in (out / "fit.log").read_text()
+
+    # the fine-tuned reranker exported for sentence-transformers reranks through CrossEncoder as predict did
+    parity = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cross_encoder_export.py"), "--data", str(folder),
+         "--out", str(out), "--test-split", "dev", "--depth", "20"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert parity.returncode == 0, parity.stdout[-2000:] + parity.stderr[-2000:]
+    last = parity.stdout.strip().splitlines()[-1]
+    assert last.startswith("nDCG@10 predict=") and last.endswith("diff=0.0000"), last
+    assert (out / "cross-encoder" / "modules.json").is_file()  # mean pooling: a CrossEncoder of modules
+    ours, theirs = read_trec_run(out / "reranker-dev.trec"), read_trec_run(out / "cross-encoder-dev.trec")
+    assert {q: set(d) for q, d in ours.items()} == {q: set(d) for q, d in theirs.items()}
+    assert max(abs(ours[q][d] - theirs[q][d]) for q in ours for d in ours[q]) < 1e-4
 
 
 @pytest.mark.slow
