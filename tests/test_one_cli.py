@@ -15,7 +15,19 @@ from lightning_rank.cli import main
 from lightning_rank.cli.function_config import FIT_KEYS
 from lightning_rank.datamodules.files import read_trec_run
 
-SUBCOMMANDS = ["fit", "validate", "test", "predict", "bm25", "dense", "rerank", "fuse", "export", "backbones"]
+SUBCOMMANDS = [
+    "fit",
+    "validate",
+    "test",
+    "predict",
+    "bm25",
+    "dense",
+    "rerank",
+    "fuse",
+    "export",
+    "backbones",
+    "report",
+]
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:

@@ -37,6 +37,7 @@ SUBCOMMANDS = {
     "fuse": "interpolate a reranked run with its first-stage run (weight set or tuned)",
     "export": "write a fit checkpoint as a plain folder that `rerank` and from_pretrained load",
     "backbones": "list the installed backbones, or print one's arguments (backbones NAME)",
+    "report": "plot a fit's logged curves (loss, validation metrics, tokens/s, LR) as PNGs and an HTML page",
 }
 
 

@@ -23,8 +23,11 @@ FUNCTION_SUBCOMMANDS = {
     "export": "lightning_rank.commands.export:export_checkpoint",
     "fuse": "lightning_rank.commands.fuse:fuse",
     "rerank": "lightning_rank.commands.rerank:rerank",
+    "report": "lightning_rank.commands.plots:report",
 }
 _NOT_OPTIONS = ("config", "stage", "__path__")
+#: subcommands whose first argument may be given without its option name (``lightning-rank report RUN_DIR``)
+POSITIONAL = {"report": "run_dir"}
 
 
 def load_function(name: str) -> Callable[..., Any]:
@@ -54,6 +57,8 @@ def build_parser(name: str, function: Callable[..., Any]) -> Any:
 def run_function_subcommand(name: str, argv: Sequence[str]) -> Any:
     """Parse ``argv`` for ``lightning-rank NAME`` and call its function; returns what it returns."""
     function = load_function(name)
+    if name in POSITIONAL and argv and not argv[0].startswith("-"):
+        argv = [f"--{POSITIONAL[name]}", *argv]
     options = [p for p in inspect.signature(function).parameters]
     resolved = resolve(name, options, argv)
     parser = build_parser(name, function)

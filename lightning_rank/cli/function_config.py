@@ -40,6 +40,7 @@ FROM_DATA: dict[str, dict[str, str]] = {
     },
     "fuse": {**_COLLECTIONS, "qrels": "{stage}_dataset", "first_stage": "{stage}_run"},
     "export": {},
+    "report": {},
 }
 # the top-level keys of a fit config (`lightning-rank fit --print_config`) other than data
 FIT_KEYS = frozenset({

@@ -1,0 +1,66 @@
+"""`lightning-rank report`: a fit's logged curves become PNG plots (opened and checked non-blank) and an
+HTML page with the fit's config; it writes only where a report may go."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import DEMO
+from PIL import Image
+
+from lightning_rank.cli import main
+
+
+@pytest.fixture(scope="module")
+def fit_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    code = main([
+        "fit", "--config", DEMO, "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--validate_before_fit", "true", "--validate_after_fit", "true", "--tokens_per_sec.window_size", "2",
+    ])  # fmt: skip
+    assert code in (0, None)
+    return root
+
+
+def is_drawn(path) -> bool:
+    """A PNG of a plot: opens, has the figure's size, and holds more than one flat colour."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    return pixels.shape == (400, 700) and pixels.std() > 5 and (pixels < 128).mean() > 0.005
+
+
+@pytest.mark.slow  # a demo fit
+def test_report_plots_loss_validation_and_throughput_and_shows_the_config(fit_root, capsys):
+    assert main(["report", str(fit_root)]) in (0, None)
+    folder = fit_root / "report"
+    for name in ("loss", "validation", "throughput"):
+        assert is_drawn(folder / f"{name}.png"), name
+    page = (folder / "index.html").read_text()
+    assert page.count("<img ") == len(list(folder.glob("*.png"))) >= 3
+    assert "max_steps: 6" in page  # the fit's config.yaml, shown with the plots
+    assert f"wrote {len(list(folder.glob('*.png')))} plots" in capsys.readouterr().out
+    # a blank image would not pass: the check itself is sound
+    Image.new("RGB", (700, 400), "white").save(folder / "blank.png")
+    assert not is_drawn(folder / "blank.png")
+    (folder / "blank.png").unlink()
+    # an earlier report is replaced; a folder of other files is refused and left as it was
+    assert main(["report", str(fit_root), "--output", str(folder)]) in (0, None)
+    mine = fit_root / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("<p>my page</p>")
+    assert main(["report", str(fit_root), "--output", str(mine)]) == 2
+    assert "is not an earlier report" in capsys.readouterr().err
+    assert (mine / "index.html").read_text() == "<p>my page</p>" and len(list(mine.iterdir())) == 1
+
+
+def test_a_folder_without_logged_metrics_is_named_with_what_report_reads(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no metrics.csv below it" in capsys.readouterr().err
+    (tmp_path / "metrics.csv").write_text("a,b\n1,2\n")
+    assert main(["report", str(tmp_path / "metrics.csv")]) == 2
+    assert "not a Lightning CSV logger file" in capsys.readouterr().err
+    (tmp_path / "metrics.csv").write_text("step,epoch,other\n1,0,2\n")
+    assert main(["report", str(tmp_path / "metrics.csv")]) == 2
+    assert "no curve to plot (columns: other)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
