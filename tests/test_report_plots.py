@@ -64,3 +64,8 @@ def test_a_folder_without_logged_metrics_is_named_with_what_report_reads(tmp_pat
     assert main(["report", str(tmp_path / "metrics.csv")]) == 2
     assert "no curve to plot (columns: other)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+    (tmp_path / "metrics.csv").unlink()
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
+    (tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents.1.host").write_bytes(b"")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "This run was logged to TensorBoard" in capsys.readouterr().err

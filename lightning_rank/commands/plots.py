@@ -106,9 +106,17 @@ def find_metrics(path: Path) -> Path:
         raise ModelNotFoundError(f"{path} does not exist; pass the fit's trainer.default_root_dir")
     found = sorted(path.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
     if not found:
+        events = next(path.rglob("events.out.tfevents.*"), None)
+        hint = (
+            f" This run was logged to TensorBoard ({events.parent}): Lightning picks it when tensorboard is "
+            "installed. Read it with `tensorboard --logdir`, or log to CSV with trainer.logger: "
+            "{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: DIR}}"
+            if events is not None
+            else ""
+        )
         raise DataError(
             f"{path}: no metrics.csv below it. `lightning-rank report` reads the CSV logger's file, which "
-            "fit writes by default; a run logged to TensorBoard or W&B is read by those tools"
+            f"fit writes by default; a run logged to TensorBoard or W&B is read by those tools.{hint}"
         )
     return found[-1]
 
