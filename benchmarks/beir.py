@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_rank.datamodules.files import read_trec_run
-from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run
+from lightning_rank.metrics import DEFAULT_MEASURES, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURES = list(DEFAULT_MEASURES)
@@ -281,12 +281,13 @@ def main() -> None:
     total = time.perf_counter() - total_start
 
     qrels = qrels_of(folder / "qrels" / f"{args.test_split}.tsv")
-    results = {
-        "BM25": evaluate_run(read_trec_run(runs[args.test_split]), qrels, MEASURES),
-        "reranker": evaluate_run(read_trec_run(reranked[args.test_split]), qrels, MEASURES),
+    evaluations = {
+        "BM25": evaluate(read_trec_run(runs[args.test_split]), qrels, MEASURES),
+        "reranker": evaluate(read_trec_run(reranked[args.test_split]), qrels, MEASURES),
     }
     if weight is not None:
-        results["reranker+bm25"] = evaluate_run(read_trec_run(fused), qrels, MEASURES)
+        evaluations["reranker+bm25"] = evaluate(read_trec_run(fused), qrels, MEASURES)
+    results = {system: evaluation.values for system, evaluation in evaluations.items()}
     table = Table(title=f"{name} ({args.test_split}): BM25 top-{args.depth} vs reranked")
     for column in ["system", *MEASURES]:
         table.add_column(column, justify="right")
@@ -294,6 +295,8 @@ def main() -> None:
         table.add_row(system, *(f"{values[m]:.4f}" for m in MEASURES))
     console = Console()
     console.print(table)
+    for system, evaluation in evaluations.items():
+        console.print(f"{system}: {evaluation.summary()}")
     if weight is not None:
         tuned_on = len(qrels_of(Path(files["qrels"][tuning])))
         console.print(

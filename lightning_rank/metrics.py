@@ -9,9 +9,12 @@ trec_eval semantics that matter here (and that :func:`evaluate_run` keeps):
 
 * documents are ranked by score, descending; ties are broken by docid, descending (``strcmp``), and the
   rank column of a run file is ignored. :func:`write_trec_run` writes ranks in that same order.
-* averages are over the queries that appear in both the run and the qrels (trec_eval's default, without
-  ``-c``): a qrels query with no scored document is left out, a run query without qrels is ignored. A
-  query that is judged but has no relevant document counts, with value 0.
+* averages are over every judged query of the qrels by default (``judged_queries="all"``, ``trec_eval -c``):
+  a judged query with no scored document scores what an empty ranking scores (0; ``NumQ`` 1 and ``NumRel``
+  its relevant documents, as trec_eval). ``judged_queries="ranked"`` averages over the queries in both the
+  run and the qrels (trec_eval without ``-c``). Either way a run query without qrels is ignored, and a
+  query that is judged but has no relevant document counts, with value 0. :class:`Evaluation` says how
+  many queries were averaged and how many judged queries had no candidates.
 * nDCG uses gain = relevance grade (linear) and a log2 discount; relevance for binary measures (P, R, RR,
   AP) is grade >= 1 unless the measure says otherwise (e.g. ``P(rel=2)@5``).
 
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import ir_measures
 import torch
@@ -36,7 +40,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from lightning_rank.errors import ConfigError
 from lightning_rank.runs import Run, rank_documents
 
-__all__ = ["RankingMetrics", "evaluate_run", "parse_measures"]
+__all__ = ["Evaluation", "RankingMetrics", "evaluate", "evaluate_run", "parse_measures"]
 
 Qrels = Mapping[str, Mapping[str, int]]
 
@@ -45,6 +49,10 @@ _EXAMPLES = '"nDCG@10", "RR@10" (or "MRR@10"), "R@100", "MAP", "P@5", "AP@100", 
 
 #: what evaluation reports unless told otherwise (validation, test, bm25, fuse)
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100")
+
+#: which queries an average is over: every judged one (``trec_eval -c``) or those the run ranks too
+JudgedQueries = Literal["all", "ranked"]
+JUDGED_QUERIES: tuple[str, ...] = ("all", "ranked")
 
 
 def _provider() -> Any:
@@ -90,54 +98,136 @@ def parse_measures(measures: Sequence[str] | str) -> dict[str, Any]:
     return parsed
 
 
-def evaluate_run(
+@dataclass(frozen=True)
+class Evaluation:
+    """A run's measures: aggregated (``values``), per counted query (``per_query[measure][query]``), and
+    which queries count: ``judged`` queries in the qrels, ``unranked`` of them with no candidate."""
+
+    values: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    judged: int
+    unranked: int
+    judged_queries: JudgedQueries
+
+    @property
+    def queries(self) -> int:
+        """How many queries the values average over."""
+        return self.judged if self.judged_queries == "all" else self.judged - self.unranked
+
+    def summary(self) -> str:
+        """The line printed beside the values: the query count and what became of unranked queries."""
+        if self.judged_queries == "all":
+            return (
+                f"over {self.queries} judged queries ({self.unranked} without candidates, scored 0; "
+                "trec_eval -c)"
+            )
+        return (
+            f"over {self.queries} ranked queries ({self.unranked} judged queries without candidates left "
+            "out; judged_queries: all counts them)"
+        )
+
+
+def check_judged_queries(judged_queries: str) -> None:
+    """Refuse a ``judged_queries`` value other than ``all`` and ``ranked``."""
+    if judged_queries not in JUDGED_QUERIES:
+        raise ConfigError(
+            f"judged_queries must be 'all' (every judged query counts, trec_eval -c) or 'ranked' (only the "
+            f"queries the run ranks), got {judged_queries!r}"
+        )
+
+
+def _empty_ranking_value(measure: Any, judgments: Mapping[str, int]) -> float:
+    """What trec_eval -c gives a judged query that has no retrieved document."""
+    if measure.NAME == "NumQ":
+        return 1.0
+    if measure.NAME == "NumRel":
+        level = measure.params.get("rel", NOT_PROVIDED)
+        level = 1 if level is NOT_PROVIDED else int(level)
+        return float(sum(grade >= level for grade in judgments.values()))
+    return 0.0
+
+
+def _per_query(measures: Sequence[Any], qrels: Qrels, run: Run) -> dict[Any, dict[str, float]]:
+    """``{measure: {query: value}}`` from trec_eval for the queries of ``qrels`` (all of them in ``run``)."""
+    provider = _provider()
+    values: dict[Any, dict[str, float]] = {m: {} for m in measures}
+    native = [m for m in measures if _rr_without_cutoff(m) is None]
+    if native:
+        for metric in provider.iter_calc(native, qrels, run):
+            values[metric.measure][metric.query_id] = float(metric.value)
+    for measure in [m for m in measures if m not in native]:
+        base = _rr_without_cutoff(measure)
+        cutoff = int(measure["cutoff"])
+        judged_only = bool(measure["judged_only"])
+        truncated: Run = {}
+        for qid, docs in run.items():
+            judged = qrels.get(qid, {})
+            ranked = [(d, s) for d, s in rank_documents(docs) if not judged_only or d in judged]
+            truncated[qid] = dict(ranked[:cutoff])
+        for metric in provider.iter_calc([base], qrels, truncated):
+            values[measure][metric.query_id] = float(metric.value)
+    return values
+
+
+def evaluate(
     run: Mapping[str, Mapping[str, float]],
     qrels: Qrels,
     measures: Sequence[str] | str,
-) -> dict[str, float]:
-    """Evaluate a run against qrels with trec_eval (pytrec_eval), keyed by the measure strings as given.
+    judged_queries: JudgedQueries = "all",
+) -> Evaluation:
+    """Evaluate a run against qrels with trec_eval (pytrec_eval): the one rule of every evaluation here.
 
     Args:
         run: ``{query_id: {doc_id: score}}``; ranks come from the scores (ties: docid descending).
         qrels: ``{query_id: {doc_id: relevance grade}}``.
-        measures: ir_measures strings, e.g. ``["nDCG@10", "RR@10", "R@100"]``.
+        measures: ir_measures strings, e.g. ``["nDCG@10", "RR@10", "R@100"]``; results keep them as keys.
+        judged_queries: ``all`` averages over every judged query, an unranked one scoring 0 (``trec_eval
+            -c``); ``ranked`` over the judged queries the run ranks (trec_eval's default).
 
-    Averages over queries present in both run and qrels (trec_eval's default). With no such query every
-    measure is 0.0, with a warning.
+    With no query to average over every measure is 0.0, with a warning.
     """
+    check_judged_queries(judged_queries)
     parsed = parse_measures(measures)
-    provider = _provider()
     run = {qid: {did: float(score) for did, score in docs.items()} for qid, docs in run.items() if docs}
-    # trec_eval's default: only queries with results *and* judgements; ir_measures would otherwise fill
-    # qrels queries missing from the run with 0 (trec_eval -c).
-    qrels_eval = {qid: dict(judged) for qid, judged in qrels.items() if qid in run and judged}
-
-    if not qrels_eval:
+    judged = {qid: dict(grades) for qid, grades in qrels.items() if grades}  # trec_eval has no empty query
+    ranked = {qid: grades for qid, grades in judged.items() if qid in run}
+    unranked = [qid for qid in judged if qid not in run]
+    unique = list(dict.fromkeys(parsed.values()))  # deterministic order, e.g. "RR@10" and "MRR@10" once
+    per_query = _per_query(unique, ranked, run) if ranked else {m: {} for m in unique}
+    if judged_queries == "all":
+        for measure in unique:
+            values = per_query[measure]
+            per_query[measure] = {q: values.get(q, _empty_ranking_value(measure, judged[q])) for q in judged}
+    if not ranked:
         reason = (
             "the run is empty"
             if not run
             else f"none of the run's {len(run)} queries has relevance judgements (do the query ids match?)"
         )
         warnings.warn(f"{reason}; every measure is 0.0", stacklevel=2)
-        return dict.fromkeys(parsed, 0.0)
-    results: dict[Any, float] = {}
-    unique = list(dict.fromkeys(parsed.values()))  # deterministic order, e.g. "RR@10" and "MRR@10" once
-    native = [m for m in unique if _rr_without_cutoff(m) is None]
-    if native:
-        for measure, value in provider.calc_aggregate(native, qrels_eval, run).items():
-            results[measure] = float(value)
-    for measure in [m for m in unique if m not in native]:
-        base = _rr_without_cutoff(measure)
-        cutoff = int(measure["cutoff"])
-        judged_only = bool(measure["judged_only"])
-        truncated: Run = {}
-        for qid, docs in run.items():
-            judged = qrels_eval.get(qid, {})
-            ranked = [(d, s) for d, s in rank_documents(docs) if not judged_only or d in judged]
-            truncated[qid] = dict(ranked[:cutoff])
-        (value,) = provider.calc_aggregate([base], qrels_eval, truncated).values()
-        results[measure] = float(value)
-    return {name: results[measure] for name, measure in parsed.items()}
+    aggregated: dict[Any, float] = {}
+    for measure in unique:
+        aggregator = measure.aggregator()
+        for value in per_query[measure].values():
+            aggregator.add(value)
+        aggregated[measure] = float(aggregator.result()) if per_query[measure] else 0.0
+    return Evaluation(
+        values={name: aggregated[measure] for name, measure in parsed.items()},
+        per_query={name: dict(per_query[measure]) for name, measure in parsed.items()},
+        judged=len(judged),
+        unranked=len(unranked),
+        judged_queries=judged_queries,
+    )
+
+
+def evaluate_run(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Qrels,
+    measures: Sequence[str] | str,
+    judged_queries: JudgedQueries = "all",
+) -> dict[str, float]:
+    """The aggregated values of :func:`evaluate`, keyed by the measure strings as given."""
+    return evaluate(run, qrels, measures, judged_queries).values
 
 
 class RankingMetrics(Metric):
@@ -146,8 +236,8 @@ class RankingMetrics(Metric):
     Query and document string ids live in the metric (``query_ids``, ``doc_ids``); batches pass integer
     indices into these tables, so all states are tensors that gather across DDP ranks (``cat``). At
     ``compute`` the pairs are de-duplicated (DistributedSampler repeats samples to pad the last batch; the
-    first occurrence is kept), turned into a run and evaluated by :func:`evaluate_run` (queries in qrels
-    with no scored document are left out of the average, as trec_eval does by default).
+    first occurrence is kept), turned into a run and evaluated by :func:`evaluate` (a judged query with no
+    scored document counts 0 with ``judged_queries="all"``, as ``trec_eval -c``; ``"ranked"`` leaves it out).
 
     Call ``update`` per batch and ``compute`` once per epoch (then ``reset``); calling the metric itself
     (``forward``) would also evaluate every batch on its own, which costs a trec_eval run per step.
@@ -158,6 +248,7 @@ class RankingMetrics(Metric):
         qrels: ``{query_id: {doc_id: relevance grade}}``.
         query_ids: table of query ids; ``update`` receives indices into it.
         doc_ids: table of document ids; ``update`` receives indices into it.
+        judged_queries: ``all`` (every judged query counts) or ``ranked`` (those with scored documents).
         **kwargs: passed to :class:`torchmetrics.Metric` (e.g. ``compute_on_cpu``, ``sync_on_compute``).
     """
 
@@ -175,10 +266,13 @@ class RankingMetrics(Metric):
         qrels: dict[str, dict[str, int]],
         query_ids: Sequence[str],
         doc_ids: Sequence[str],
+        judged_queries: JudgedQueries = "all",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_judged_queries(judged_queries)
         self.measures = list(parse_measures(measures))
+        self.judged_queries: JudgedQueries = judged_queries
         self.qrels = qrels
         self.query_ids = list(query_ids)
         self.doc_ids = list(doc_ids)
@@ -226,6 +320,10 @@ class RankingMetrics(Metric):
             run.setdefault(self.query_ids[q], {})[self.doc_ids[d]] = s
         return run
 
+    def evaluate(self) -> Evaluation:
+        """The reranked run's :class:`Evaluation`: values, per-query values and the queries counted."""
+        return evaluate(self.run(), self.qrels, self.measures, self.judged_queries)
+
     def compute(self) -> dict[str, float]:
         """trec_eval's values of the measures on the reranked run, keyed by the measure strings."""
-        return evaluate_run(self.run(), self.qrels, self.measures)
+        return self.evaluate().values

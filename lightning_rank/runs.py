@@ -77,13 +77,34 @@ def write_metrics_file(path: str | os.PathLike[str], metrics: Mapping[str, float
     return path
 
 
-OutputKind = Literal["run", "metrics"]
+OutputKind = Literal["run", "metrics", "per_query"]
 
 
-_KIND_LABELS = {"run": "TREC run file", "metrics": "metrics file (a JSON object of numbers)"}
+_KIND_LABELS = {
+    "run": "TREC run file",
+    "metrics": "metrics file (a JSON object of numbers)",
+    "per_query": "per-query results file (TSV: system, query, measure, value)",
+}
 
 
-_EXAMPLE_NAMES = {"run": "run.trec", "metrics": "metrics.json"}
+_EXAMPLE_NAMES = {"run": "run.trec", "metrics": "metrics.json", "per_query": "per_query.tsv"}
+
+#: the first line of a per-query results file
+PER_QUERY_HEADER = "system\tquery\tmeasure\tvalue"
+
+
+def write_per_query(path: str | os.PathLike[str], rows: Iterable[tuple[str, str, str, float]]) -> Path:
+    """Write ``(system, query, measure, value)`` rows as TSV under :data:`PER_QUERY_HEADER`, atomically,
+    where :func:`check_replaceable` allows it."""
+    path = check_replaceable(path, "per_query")
+    lines = []
+    for system, query, measure, value in rows:
+        for token in (system, query, measure):
+            if "\t" in token or "\n" in token:
+                raise DataError(f"{token!r} holds a tab or a newline; it cannot be a TSV field of {path}")
+        lines.append(f"{system}\t{query}\t{measure}\t{value!r}\n")
+    atomic_write_lines(path, [PER_QUERY_HEADER + "\n", *lines])
+    return path
 
 
 _RUN_LINES_CHECKED = 1000  # a prefix tells a run from anything else; reading a 1 GB run whole would not pay
@@ -125,6 +146,8 @@ def _why_not_replaceable(path: Path, kind: OutputKind) -> str | None:
     try:
         if kind == "metrics":
             return _why_not_metrics(path)
+        if kind == "per_query":
+            return _why_not_per_query(path)
         return _why_not_run(path)
     except OSError as err:
         return f"it cannot be read ({err.strerror or err})"
@@ -153,6 +176,13 @@ def _is_run_line(fields: list[str]) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _why_not_per_query(path: Path) -> str | None:
+    """None when ``path`` is empty or starts with :data:`PER_QUERY_HEADER`, else why not."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().rstrip("\n")
+    return None if first in ("", PER_QUERY_HEADER) else f"its first line is {first[:60]!r}, not the header"
 
 
 def _why_not_metrics(path: Path) -> str | None:

@@ -1,4 +1,5 @@
-"""Metrics equal to trec_eval: hand-computed values, tie rule, DDP-style gathering, TREC run I/O."""
+"""Metrics equal to trec_eval (-c by default): hand-computed values, tie rule, DDP-style gathering, TREC run
+I/O."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import torch.multiprocessing as mp
 
 from lightning_rank import runs
 from lightning_rank.datamodules.files import read_trec_run
-from lightning_rank.metrics import RankingMetrics, evaluate_run
+from lightning_rank.errors import ConfigError
+from lightning_rank.metrics import RankingMetrics, evaluate, evaluate_run
 from lightning_rank.runs import write_trec_run
 
 # q1: graded judgements, d4 relevant but not retrieved, d9/d5 retrieved but unjudged
 # q2: judged, no relevant document (counts, with value 0)
-# q3: judged, nothing scored (left out of the average, as trec_eval does by default)
+# q3: judged, nothing scored (counts 0, as trec_eval -c; left out with judged_queries="ranked")
 # q4: scored, not judged (ignored)
 QRELS: dict[str, dict[str, int]] = {
     "q1": {"d1": 2, "d2": 0, "d3": 1, "d4": 1},
@@ -41,8 +43,9 @@ def log2(x: float) -> float:
     return math.log(x, 2)
 
 
-def expected_values() -> dict[str, float]:
-    """trec_eval's values, by hand. Averages over q1 and q2 (q3 unscored, q4 unjudged)."""
+def expected_values(judged_queries: str = "all") -> dict[str, float]:
+    """trec_eval's values, by hand. ``all`` (trec_eval -c): averages over q1, q2 and q3 (unscored: 0);
+    ``ranked`` (trec_eval): over q1 and q2. q4 (unjudged) never counts."""
     ideal_q1 = 2 / log2(2) + 1 / log2(3) + 1 / log2(4)  # judged grades 2, 1, 1 (d4 counts though unretrieved)
     ndcg10_q1 = (2 / log2(4) + 1 / log2(5)) / ideal_q1  # d1 at rank 3, d3 at rank 4
     ndcg3_q1 = (2 / log2(4)) / ideal_q1
@@ -61,22 +64,53 @@ def expected_values() -> dict[str, float]:
         "R@5": 2 / 3,
         "MAP": ap_q1,
     }
-    return {name: (value + 0.0) / 2 for name, value in per_q1.items()}  # q2 scores 0 everywhere
+    queries = 3 if judged_queries == "all" else 2
+    return {name: (value + 0.0) / queries for name, value in per_q1.items()}  # q2 (and q3) score 0
 
 
 def test_evaluate_run_matches_trec_eval_by_hand() -> None:
     got = evaluate_run(RUN, QRELS, MEASURES)
     assert list(got) == MEASURES  # keyed as written, in order
-    assert got == pytest.approx(expected_values(), rel=1e-9)
+    assert got == pytest.approx(expected_values("all"), rel=1e-9)
+    assert evaluate_run(RUN, QRELS, MEASURES, "ranked") == pytest.approx(expected_values("ranked"), rel=1e-9)
 
 
-def test_only_queries_in_run_are_averaged() -> None:
-    # adding the unscored q3 to the run changes the average (it now counts, with value 0)
+def test_a_judged_query_without_candidates_scores_0_as_trec_eval_c_and_is_counted() -> None:
+    """q3 is judged and the run has nothing for it: -c averages over q1, q2, q3; the counts say so."""
+    got = evaluate(RUN, QRELS, ["nDCG@10", "P@5", "NumQ", "NumRel"])
+    ideal_q1 = 2 / log2(2) + 1 / log2(3) + 1 / log2(4)
+    assert got.values["nDCG@10"] == pytest.approx((2 / log2(4) + 1 / log2(5)) / ideal_q1 / 3, rel=1e-9)
+    assert got.per_query["P@5"] == pytest.approx({"q1": 2 / 5, "q2": 0.0, "q3": 0.0})
+    # trec_eval -c: num_q counts q3, num_rel its relevant document (q1: 3, q2: 0, q3: 1)
+    assert got.values["NumQ"] == 3 and got.values["NumRel"] == 4
+    assert (got.queries, got.judged, got.unranked) == (3, 3, 1)
+    assert got.summary() == "over 3 judged queries (1 without candidates, scored 0; trec_eval -c)"
+    old = evaluate(RUN, QRELS, ["P@5", "NumQ", "NumRel"], judged_queries="ranked")
+    assert old.values == pytest.approx({"P@5": (2 / 5) / 2, "NumQ": 2, "NumRel": 3})
+    assert set(old.per_query["P@5"]) == {"q1", "q2"} and old.queries == 2
+    assert old.summary().startswith("over 2 ranked queries (1 judged queries without candidates left out")
+
+
+def test_bad_judged_queries_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"judged_queries must be 'all'.*'ranked'.*got 'some'"):
+        evaluate(RUN, QRELS, ["P@5"], judged_queries="some")
+    with pytest.raises(ConfigError, match="judged_queries must be"):
+        RankingMetrics(["P@5"], QRELS, QUERY_IDS, DOC_IDS, judged_queries="every")
+
+
+def test_only_judged_queries_are_averaged() -> None:
+    # a run query without judgements (q4) stays excluded in both modes, as trec_eval (with or without -c)
+    for mode in ("all", "ranked"):
+        without_q4 = {q: docs for q, docs in RUN.items() if q != "q4"}
+        assert evaluate_run(RUN, QRELS, MEASURES, mode) == evaluate_run(without_q4, QRELS, MEASURES, mode)
+        assert "q4" not in evaluate(RUN, QRELS, ["P@5"], mode).per_query["P@5"]
+    # scoring the unscored q3 changes the ranked average (it now counts, with value 0), not the -c one
     run = {**RUN, "q3": {"d1": 1.0}}
-    got = evaluate_run(run, QRELS, ["P@5"])
-    assert got["P@5"] == pytest.approx((2 / 5) / 3)
+    assert evaluate_run(run, QRELS, ["P@5"], "ranked")["P@5"] == pytest.approx((2 / 5) / 3)
+    assert evaluate_run(run, QRELS, ["P@5"])["P@5"] == evaluate_run(RUN, QRELS, ["P@5"])["P@5"]
     # a query judged with an empty dict cannot exist for trec_eval; it is not counted either
-    assert evaluate_run(RUN, {**QRELS, "q4": {}}, ["P@5"])["P@5"] == pytest.approx(0.2)
+    assert evaluate_run(RUN, {**QRELS, "q4": {}}, ["P@5"], "ranked")["P@5"] == pytest.approx(0.2)
+    assert evaluate(RUN, {**QRELS, "q5": {}}, ["P@5"]).judged == 3
     # nothing in common: 0, with a warning
     with pytest.warns(UserWarning, match="none of the run's 1 queries has relevance judgements"):
         assert evaluate_run({"qx": {"d1": 1.0}}, QRELS, ["nDCG@10"]) == {"nDCG@10": 0.0}
@@ -97,7 +131,7 @@ def test_tie_rule_docid_descending_matters() -> None:
 
 def test_rr_judged_only_drops_unjudged_before_cutoff() -> None:
     # q1 judged docs in order: d2, d1, d3 -> d1 at (condensed) rank 2
-    got = evaluate_run(RUN, QRELS, ["RR(judged_only=True)@2"])
+    got = evaluate_run(RUN, QRELS, ["RR(judged_only=True)@2"], "ranked")
     assert got["RR(judged_only=True)@2"] == pytest.approx((1 / 2 + 0) / 2)
 
 
@@ -151,7 +185,7 @@ def test_metric_accepts_groups_and_bf16_scores() -> None:
     di = torch.tensor([[0, 1], [0, 2]])
     metric.update(qi, di, torch.tensor([[1.0, 0.5], [0.25, 2.0]], dtype=torch.bfloat16))
     assert metric.run() == {"q1": {"d1": 1.0, "d2": 0.5}, "q2": {"d1": 0.25, "d3": 2.0}}
-    assert metric.compute()["P@5"] == pytest.approx((1 / 5) / 2)
+    assert metric.compute()["P@5"] == pytest.approx((1 / 5) / 3)  # q3 is judged: it counts, 0
 
 
 def test_ddp_halves_merged_with_duplicates() -> None:

@@ -16,18 +16,9 @@ from lightning_rank.cli.function_config import FIT_KEYS
 from lightning_rank.datamodules.files import read_trec_run
 
 SUBCOMMANDS = [
-    "fit",
-    "validate",
-    "test",
-    "predict",
-    "bm25",
-    "dense",
-    "rerank",
-    "fuse",
-    "export",
-    "backbones",
+    "fit", "validate", "test", "predict", "bm25", "dense", "rerank", "fuse", "compare", "export", "backbones",
     "report",
-]
+]  # fmt: skip
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -62,7 +53,7 @@ def test_a_mistyped_subcommand_is_answered_with_the_closest_of_all(capsys, typo,
     assert err.splitlines()[0] == f"error: unknown subcommand '{typo}'; did you mean '{meant}'?", err
 
 
-@pytest.mark.parametrize("name", ["bm25", "dense", "rerank", "fuse", "export"])
+@pytest.mark.parametrize("name", ["bm25", "dense", "rerank", "fuse", "compare", "export"])
 def test_function_subcommand_help_says_which_data_key_feeds_which_option(capsys, name) -> None:
     with pytest.raises(SystemExit) as done:
         main([name, "--help"])

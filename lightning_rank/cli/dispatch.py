@@ -35,6 +35,7 @@ SUBCOMMANDS = {
     "dense": "rescore a run's candidates with a pretrained bi-encoder (sentence-transformers)",
     "rerank": "rerank a run with an exported reranker (a folder `export` wrote)",
     "fuse": "interpolate a reranked run with its first-stage run (weight set or tuned)",
+    "compare": "compare runs per query: mean differences, bootstrap intervals, paired t-tests (Holm)",
     "export": "write a fit checkpoint as a plain folder that `rerank` and from_pretrained load",
     "backbones": "list the installed backbones, or print one's arguments (backbones NAME)",
     "report": "plot a fit's logged curves (loss, validation metrics, tokens/s, LR) as PNGs and an HTML page",
@@ -49,9 +50,9 @@ def usage() -> str:
         "usage: lightning-rank [-h] [--version] SUBCOMMAND [OPTIONS]\n\n"
         "Train, evaluate and use cross-encoder text rerankers (PyTorch Lightning).\n\n"
         f"subcommands:\n{lines}\n\n"
-        "`lightning-rank SUBCOMMAND --help` lists a subcommand's options. bm25, dense, rerank, fuse and\n"
-        "export take --config FILE: the fit config whose data: section declares the collections, datasets\n"
-        "and runs, so they are declared once."
+        "`lightning-rank SUBCOMMAND --help` lists a subcommand's options. bm25, dense, rerank, fuse,\n"
+        "compare and export take --config FILE: the fit config whose data: section declares the\n"
+        "collections, datasets and runs, so they are declared once."
     )
 
 

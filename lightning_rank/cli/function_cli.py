@@ -1,4 +1,5 @@
-"""The subcommands that are one function (bm25, dense, rerank, fuse, export): its parameters are the options.
+"""The subcommands that are one function (bm25, dense, rerank, fuse, compare, export): its parameters are
+the options.
 
 The parser is jsonargparse's, built from the function's signature and docstring, so types are checked and
 ``--help`` documents every option. ``--config`` and ``--data.*`` are read first (``function_config``):
@@ -19,6 +20,7 @@ from lightning_rank.errors import InputError
 
 FUNCTION_SUBCOMMANDS = {
     "bm25": "lightning_rank.commands.bm25:bm25",
+    "compare": "lightning_rank.commands.compare:compare",
     "dense": "lightning_rank.commands.dense:dense",
     "export": "lightning_rank.commands.export:export_checkpoint",
     "fuse": "lightning_rank.commands.fuse:fuse",

@@ -39,6 +39,7 @@ FROM_DATA: dict[str, dict[str, str]] = {
         "batch_size": "eval_batch_size",
     },
     "fuse": {**_COLLECTIONS, "qrels": "{stage}_dataset", "first_stage": "{stage}_run"},
+    "compare": {**_COLLECTIONS, "qrels": "{stage}_dataset"},
     "export": {},
     "report": {},
 }

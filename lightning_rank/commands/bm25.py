@@ -18,6 +18,7 @@ import Stemmer
 from lightning_rank.commands.report import write_and_report
 from lightning_rank.datamodules.collections import load_dataset, register_local, require_dataset
 from lightning_rank.errors import DataError, check_at_least, check_between
+from lightning_rank.metrics import JudgedQueries, check_judged_queries
 from lightning_rank.runs import check_replaceable
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def bm25(
     measures: list[str] | None = None,
     tag: str = "bm25",
     judged: bool = False,
+    judged_queries: JudgedQueries = "all",
 ) -> dict[str, float]:
     """Write a BM25 TREC run for the queries of ``dataset`` and, when it has qrels, print its metrics.
 
@@ -129,10 +131,14 @@ def bm25(
         judged: also write each query's judged documents that rank below ``depth``, with their BM25 score
             (a train run for ``pair+score`` templates or distillation: every positive scored). The printed
             metrics are of the top ``depth`` alone.
+        judged_queries: which queries the printed averages are over: ``all`` judged queries of the
+            dataset, one the run has no candidate for scoring 0 (``trec_eval -c``), or ``ranked`` (only
+            those the run ranks: trec_eval without ``-c``).
     """
     check_at_least("--depth", depth, 1)
     check_at_least("--k1", k1, 0)
     check_between("--b", b, 0, 1)
+    check_judged_queries(judged_queries)
     for name, folder in (local_collections or {}).items():
         register_local(name, folder)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
@@ -143,4 +149,6 @@ def bm25(
     top, below = bm25_run(dataset, depth, k1, b, stemmer, judged=judged, qrels=qrels)
     run = {qid: {**docs, **below.get(qid, {})} for qid, docs in top.items()}  # the judged rank below
     # the printed metrics are of the top depth alone, without the judged extras
-    return write_and_report(run, output, dataset, tag, start, measures, evaluated=top, qrels=qrels)
+    return write_and_report(
+        run, output, dataset, tag, start, measures, evaluated=top, qrels=qrels, judged_queries=judged_queries
+    )

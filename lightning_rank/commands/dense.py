@@ -16,6 +16,7 @@ from lightning_rank.datamodules.collections import register_local, require_datas
 from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.errors import DataError, InputError, UntrustedCodeError, check_sizes
+from lightning_rank.metrics import JudgedQueries, check_judged_queries
 from lightning_rank.runs import Run, check_replaceable
 
 
@@ -82,6 +83,7 @@ def dense(
     local_collections: dict[str, Any] | None = None,
     measures: list[str] | None = None,
     tag: str = "dense",
+    judged_queries: JudgedQueries = "all",
 ) -> dict[str, float]:
     """Write ``run``'s candidates rescored by a bi-encoder's cosine similarity and, with qrels, print metrics.
 
@@ -98,8 +100,12 @@ def dense(
         measures: ir_measures names to report when the dataset has qrels (over the candidates as given: a
             run written by ``bm25 --judged true`` holds every positive, so its metrics read high).
         tag: the run tag (last TREC column).
+        judged_queries: which queries the printed averages are over: ``all`` judged queries of the
+            dataset, one the run has no candidate for scoring 0 (``trec_eval -c``), or ``ranked`` (only
+            those the run ranks: trec_eval without ``-c``).
     """
     check_sizes("--", batch_size=batch_size, max_length=max_length)
+    check_judged_queries(judged_queries)
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
@@ -111,4 +117,4 @@ def dense(
     queries, texts = run_texts(dataset, candidates, run)  # before the model loads: a wrong run fails at once
     encoder = load_bi_encoder(model, max_length, device)
     scored = dense_scores(queries, texts, candidates, encoder, batch_size)
-    return write_and_report(scored, output, dataset, tag, start, measures)
+    return write_and_report(scored, output, dataset, tag, start, measures, judged_queries=judged_queries)

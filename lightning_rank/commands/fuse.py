@@ -20,7 +20,14 @@ from lightning_rank.datamodules.collections import (
 )
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.errors import ConfigError, DataError, check_between
-from lightning_rank.metrics import DEFAULT_MEASURES, evaluate_run, parse_measures
+from lightning_rank.metrics import (
+    DEFAULT_MEASURES,
+    JudgedQueries,
+    check_judged_queries,
+    evaluate,
+    evaluate_run,
+    parse_measures,
+)
 from lightning_rank.runs import Run, check_replaceable, write_trec_run
 
 Normalization = Literal["zscore", "minmax"]
@@ -66,11 +73,13 @@ def tune_weight(
     measure: str = "nDCG@10",
     how: Normalization = "zscore",
     grid: tuple[float, ...] = GRID,
+    judged_queries: JudgedQueries = "all",
 ) -> tuple[float, dict[float, float]]:
     """The grid weight with the best ``measure`` on ``qrels`` (ties: the larger weight, closer to the
     reranker alone), and the measure at every weight."""
     values = {
-        w: evaluate_run(interpolate(reranked, first_stage, w, how), qrels, [measure])[measure] for w in grid
+        w: evaluate_run(interpolate(reranked, first_stage, w, how), qrels, [measure], judged_queries)[measure]
+        for w in grid
     }
     best = max(values, key=lambda w: (round(values[w], 12), w))
     return best, values
@@ -87,6 +96,7 @@ def fuse(
     local_collections: dict[str, Any] | None = None,
     measures: list[str] | None = None,
     tag: str = "fused",
+    judged_queries: JudgedQueries = "all",
 ) -> float:
     """Write the interpolation of a reranked run with its first-stage run; returns the weight used.
 
@@ -104,9 +114,13 @@ def fuse(
         local_collections: ``{name: folder or files}`` collections to register first (see README).
         measures: ir_measures names to print when ``qrels`` is given.
         tag: the run tag (last TREC column).
+        judged_queries: which queries tuning and the printed averages are over: ``all`` judged queries of
+            ``qrels``, one without candidates scoring 0 (``trec_eval -c``), or ``ranked`` (only those the
+            run ranks: trec_eval without ``-c``).
     """
     if weight != "tune":
         check_between("--weight", weight, 0, 1)
+    check_judged_queries(judged_queries)
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     if weight == "tune" and qrels is None:
@@ -125,7 +139,9 @@ def fuse(
         require_dataset(qrels, "--qrels", register_option="--local_collections")
         judged = load_dataset(qrels).qrels_dict()
     if weight == "tune":
-        weight, values = tune_weight(reranked, lexical, judged, measure, normalization)
+        weight, values = tune_weight(
+            reranked, lexical, judged, measure, normalization, judged_queries=judged_queries
+        )
         print(f"{measure} on {qrels} by reranker weight:")
         print("  ".join(f"{w:.2f}={v:.4f}" for w, v in values.items()))
     fused = interpolate(reranked, lexical, float(weight), normalization)
@@ -134,7 +150,8 @@ def fuse(
     if judged is not None:
         names = measures or list(DEFAULT_MEASURES)
         for label, candidate in (("first stage", lexical), ("reranker", reranked), ("fused", fused)):
-            values = evaluate_run({q: candidate.get(q, {}) for q in fused}, judged, names)
-            print(f"{label:>12}: " + "  ".join(f"{m}={v:.4f}" for m, v in values.items()))
+            evaluation = evaluate({q: candidate.get(q, {}) for q in fused}, judged, names, judged_queries)
+            values = "  ".join(f"{m}={v:.4f}" for m, v in evaluation.values.items())
+            print(f"{label:>12}: {values}  {evaluation.summary()}")
     print(f"weight={float(weight):.2f}")
     return float(weight)

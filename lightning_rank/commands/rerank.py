@@ -21,6 +21,7 @@ from lightning_rank.datamodules.documents import run_texts
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.datamodules.first_stage_runs import ranked_scores
 from lightning_rank.errors import DataError, InputError
+from lightning_rank.metrics import JudgedQueries, check_judged_queries
 from lightning_rank.runs import Run, check_replaceable
 from lightning_rank.text.score_text import score_texts
 
@@ -37,6 +38,7 @@ def rerank(
     measures: list[str] | None = None,
     tag: str = "reranker",
     trust_remote_code: bool = False,
+    judged_queries: JudgedQueries = "all",
 ) -> dict[str, float]:
     """Write ``run``'s top ``depth`` candidates rescored by an exported reranker; with qrels, print metrics.
 
@@ -56,11 +58,15 @@ def rerank(
         tag: the run tag (last TREC column).
         trust_remote_code: run Python code the export folder ships (its backbone config's ``auto_map``),
             when its ``reranker.json`` asks for it; read that code first. Off: such an export is refused.
+        judged_queries: which queries the printed averages are over: ``all`` judged queries of the
+            dataset, one the run has no candidate for scoring 0 (``trec_eval -c``), or ``ranked`` (only
+            those the run ranks: trec_eval without ``-c``).
     """
     from lightning_rank.reranker.module import RerankerModule
 
     if depth < 1 or batch_size < 1:
         raise InputError(f"--depth and --batch_size must be positive, got {depth} and {batch_size}")
+    check_judged_queries(judged_queries)
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     require_dataset(dataset, "--dataset", register_option="--local_collections")
@@ -88,4 +94,4 @@ def rerank(
     reranked: Run = {}
     for (qid, doc), score in zip(pairs, scores.tolist(), strict=True):
         reranked.setdefault(qid, {})[doc] = score
-    return write_and_report(reranked, output, dataset, tag, start, measures)
+    return write_and_report(reranked, output, dataset, tag, start, measures, judged_queries=judged_queries)

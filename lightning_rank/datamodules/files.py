@@ -309,3 +309,23 @@ def read_trec_run(path: str | os.PathLike[str]) -> Run:
     if not run:
         raise DataFileError(f"{path}: the run file holds no 'qid Q0 docid rank score tag' lines")
     return run
+
+
+def read_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
+    """Read a qrels file (TREC ``qid 0 docid grade``, ``qid docid grade`` or BEIR TSV) into ``{qid: {docid:
+    grade}}``, every line checked; a document judged twice for one query, an empty or a missing file is
+    refused naming the file (and line)."""
+    if not os.path.isfile(path):
+        raise DataFileNotFoundError(f"qrels file {path} does not exist")
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, (qid, did, grade, _) in numbered_records(path, "qrels"):
+        judged = qrels.setdefault(qid, {})
+        if did in judged:
+            raise DataFileError(
+                f"{path}:{lineno}: document {did!r} is judged twice for query {qid!r}; keep one line per "
+                "(query, document)"
+            )
+        judged[did] = grade
+    if not qrels:
+        raise DataFileError(f"{path}: the qrels file holds no 'qid 0 docid relevance' lines")
+    return qrels

@@ -16,11 +16,18 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_rank.datamodules.batch import EvalBatch, TrainBatch
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
-from lightning_rank.metrics import DEFAULT_MEASURES, RankingMetrics, parse_measures
+from lightning_rank.metrics import (
+    DEFAULT_MEASURES,
+    JudgedQueries,
+    RankingMetrics,
+    check_judged_queries,
+    parse_measures,
+)
 from lightning_rank.reranker.lora import LoraSettings
 from lightning_rank.reranker.scoring import InitHead, PairScorer
 from lightning_rank.reranker.training import TrainingHooks, check_training_settings
@@ -41,6 +48,7 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         init_head: InitHead = "auto",
         loss: RankingLoss = lazy_instance(GroupCrossEntropy),  # noqa: B008 (jsonargparse prints it)
         measures: Sequence[str] = DEFAULT_MEASURES,
+        judged_queries: JudgedQueries = "all",
         optimizer: OptimizerCallable | None = None,
         warmup: float = 0.1,
         lr: float = 2e-5,
@@ -62,6 +70,9 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
                 always starts a new head. The head used is logged.
             loss: the training loss (``GroupCrossEntropy`` is localized contrastive estimation).
             measures: ir_measures names reported in validation and test, e.g. ``nDCG@10``, ``RR@10``.
+            judged_queries: which queries those averages are over: ``all`` judged queries of the split, one
+                the run has no candidate for scoring 0 (``trec_eval -c``), or ``ranked`` (only those the
+                run ranks: trec_eval without ``-c``). The count is printed with the metrics.
             optimizer: optimizer factory (class path + init args); default AdamW with ``lr`` and
                 ``weight_decay`` (no decay on biases and norms).
             warmup: linear warm-up length: a fraction of the total steps if < 1, else a step count; the
@@ -101,6 +112,8 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         # without this, dropout would be silently off while fine-tuning a pretrained backbone.
         self.train()
         parse_measures(self.measures)  # unknown measure names fail here, before any data is read
+        check_judged_queries(judged_queries)
+        self.judged_queries: JudgedQueries = judged_queries
         self._metrics: dict[str, RankingMetrics] = {}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -134,7 +147,9 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
     def _metric(self, stage: str) -> RankingMetrics:
         if stage not in self._metrics:
             split = self.trainer.datamodule.eval_split(stage)
-            self._metrics[stage] = RankingMetrics(self.measures, split.qrels, split.query_ids, split.doc_ids)
+            self._metrics[stage] = RankingMetrics(
+                self.measures, split.qrels, split.query_ids, split.doc_ids, self.judged_queries
+            )
         return self._metrics[stage].to(self.device)
 
     def _eval_step(self, batch: EvalBatch, stage: str) -> None:
@@ -145,8 +160,10 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         if not self.trainer.sanity_checking:
             # Every rank holds the same gathered value already; sync_dist's mean of equal values is that
             # value (one tiny all-reduce), and without it Lightning would advise turning it on.
-            for name, value in metric.compute().items():
+            evaluation = metric.evaluate()
+            for name, value in evaluation.values.items():
                 self.log(f"{stage}/{name}", value, prog_bar=True, rank_zero_only=False, sync_dist=True)
+            rank_zero_info(f"{stage} metrics {evaluation.summary()}")
         metric.reset()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
