@@ -107,6 +107,12 @@ def test_fuse_command_tunes_on_qrels_then_applies_the_weight(demo_runs, tmp_path
     # the printed weight, passed back, writes the same run (as for the test queries after tuning on dev)
     assert main([*common, "--weight", str(weight), "--output", str(fixed)]) == 0
     assert_same_run(read_trec_run(fixed), read_trec_run(tuned))
+    # the same qrels as a file tune to the same run
+    qrels_file = tmp_path / "dev-qrels.tsv"
+    qrels_file.write_text("".join(f"{q}\t{d}\t{g}\n" for q, docs in qrels.items() for d, g in docs.items()))
+    from_file = tmp_path / "from-file.trec"
+    assert main([*common, "--weight", "tune", "--qrels", str(qrels_file), "--output", str(from_file)]) == 0
+    assert_same_run(read_trec_run(from_file), read_trec_run(tuned))
     assert main([*common, "--weight", "1", "--output", str(fixed)]) == 0
     fused, original = read_trec_run(fixed), read_trec_run(model)
     assert all(order(fused, q) == order(original, q) for q in original)

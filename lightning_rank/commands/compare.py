@@ -19,12 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from lightning_rank.datamodules.collections import load_dataset, register_local, require_dataset
-from lightning_rank.datamodules.files import read_qrels, read_trec_run
+from lightning_rank.datamodules.collections import load_judgements, register_local
+from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.errors import (
     DataError,
-    DataFileNotFoundError,
-    DatasetNotFoundError,
     InputError,
     check_at_least,
 )
@@ -86,20 +84,6 @@ class Difference:
     p: float
     p_holm: float
     queries: int
-
-
-def _judgements(qrels: str) -> dict[str, dict[str, int]]:
-    """The qrels of ``--qrels``: a qrels file where that path exists, else a (registered) dataset id."""
-    if os.path.exists(qrels):
-        return read_qrels(qrels)
-    try:
-        require_dataset(qrels, "--qrels", register_option="--local_collections")
-    except DatasetNotFoundError as err:
-        raise DataFileNotFoundError(f"--qrels {qrels}: there is no such qrels file, and {err}") from None
-    dataset = load_dataset(qrels)
-    if not dataset.has_qrels():
-        raise DataError(f"--qrels {qrels}: this dataset has no qrels; name a split with relevance judgements")
-    return dataset.qrels_dict()
 
 
 def system_names(runs: Sequence[str]) -> list[str]:
@@ -212,7 +196,7 @@ def compare(
         check_replaceable(output, "per_query")
     for name, source in (local_collections or {}).items():
         register_local(name, source)
-    judged = _judgements(qrels)
+    judged = load_judgements(qrels)
     evaluations = _evaluations(runs, judged, qrels, names, judged_queries)
     rows = differences(evaluations, names, samples, seed)
     table = _table(evaluations, rows, names, samples)

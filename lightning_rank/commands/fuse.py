@@ -13,11 +13,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from lightning_rank.datamodules.collections import (
-    load_dataset,
-    register_local,
-    require_dataset,
-)
+from lightning_rank.datamodules.collections import load_judgements, register_local
 from lightning_rank.datamodules.files import read_trec_run
 from lightning_rank.errors import ConfigError, DataError, check_between
 from lightning_rank.metrics import (
@@ -107,8 +103,8 @@ def fuse(
         weight: the reranker's share in [0, 1] (1: the reranker alone, 0: the first stage alone), or
             ``tune``: the best of 0, 0.05, ..., 1 for ``measure`` on ``qrels``. Tune on held-out queries,
             then pass the printed weight when fusing the test queries.
-        qrels: ir_datasets id whose qrels judge the queries (``NAME/dev``); needed to tune, else only
-            used to print the measures of the inputs and the fused run.
+        qrels: a qrels file, or the ir_datasets id whose qrels judge the queries (``NAME/dev``); needed to
+            tune, else only used to print the measures of the inputs and the fused run.
         measure: what tuning maximises (an ir_measures name).
         normalization: per-query score normalisation, ``zscore`` or ``minmax``.
         local_collections: ``{name: folder or files}`` collections to register first (see README).
@@ -124,7 +120,9 @@ def fuse(
     for name, source in (local_collections or {}).items():
         register_local(name, source)
     if weight == "tune" and qrels is None:
-        raise ConfigError("--weight tune needs --qrels: the dataset id of held-out judged queries (NAME/dev)")
+        raise ConfigError(
+            "--weight tune needs --qrels: the qrels file or dataset id of held-out judged queries (NAME/dev)"
+        )
     parse_measures([measure, *(measures or [])])  # unknown names fail before any file is read
     check_replaceable(output, "run")
     reranked, lexical = read_trec_run(run), read_trec_run(first_stage)
@@ -136,8 +134,7 @@ def fuse(
         )
     judged = None
     if qrels is not None:
-        require_dataset(qrels, "--qrels", register_option="--local_collections")
-        judged = load_dataset(qrels).qrels_dict()
+        judged = load_judgements(qrels)
     if weight == "tune":
         weight, values = tune_weight(
             reranked, lexical, judged, measure, normalization, judged_queries=judged_queries

@@ -29,7 +29,7 @@ import ir_datasets
 import requests
 from ir_datasets.datasets.base import Dataset, FilteredQueries
 
-from lightning_rank.datamodules.files import not_utf8
+from lightning_rank.datamodules.files import not_utf8, read_qrels
 from lightning_rank.datamodules.local_handlers import (
     LocalDocPairs,
     LocalDocs,
@@ -301,3 +301,17 @@ def _qids_of(qrels: LocalQrels) -> set[str]:
 def _fingerprint(path: Path) -> str:
     stat = path.stat()
     return hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def load_judgements(qrels: str) -> dict[str, dict[str, int]]:
+    """The qrels of ``--qrels``: a qrels file where that path exists, else a (registered) dataset id."""
+    if os.path.exists(qrels):
+        return read_qrels(qrels)
+    try:
+        require_dataset(qrels, "--qrels", register_option="--local_collections")
+    except DatasetNotFoundError as err:
+        raise DataFileNotFoundError(f"--qrels {qrels}: there is no such qrels file, and {err}") from None
+    dataset = load_dataset(qrels)
+    if not dataset.has_qrels():
+        raise DataError(f"--qrels {qrels}: this dataset has no qrels; name a split with relevance judgements")
+    return dataset.qrels_dict()
