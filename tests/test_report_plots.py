@@ -69,3 +69,33 @@ def test_a_folder_without_logged_metrics_is_named_with_what_report_reads(tmp_pat
     (tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents.1.host").write_bytes(b"")
     assert main(["report", str(tmp_path)]) == 2
     assert "This run was logged to TensorBoard" in capsys.readouterr().err
+
+
+def test_the_per_query_plot_compares_a_run_with_its_baseline_on_every_judged_query(tmp_path, capsys):
+    from lightning_rank.commands.plots import per_query_gains
+    from lightning_rank.datamodules.collections import load_dataset
+    from lightning_rank.datamodules.files import read_trec_run
+    from lightning_rank.metrics import evaluate
+    from lightning_rank.runs import write_trec_run
+
+    (tmp_path / "metrics.csv").write_text("step,epoch,train/loss\n1,0,2.0\n2,0,1.5\n3,0,1.2\n")
+    bm25 = tmp_path / "bm25.trec"
+    assert main(["bm25", "--dataset", "lightning-rank/demo/dev", "--depth", "20", "--output", str(bm25)]) == 0
+    lexical = read_trec_run(bm25)
+    flipped = {q: ({d: -s for d, s in docs.items()} if i % 3 == 0 else docs)
+               for i, (q, docs) in enumerate(sorted(lexical.items()))}  # fmt: skip
+    del flipped[sorted(flipped)[1]]  # a judged query the run leaves out: it scores 0 (trec_eval -c)
+    worse = tmp_path / "worse.trec"
+    write_trec_run(flipped, worse)
+    out = tmp_path / "report"
+    code = main(["report", str(tmp_path), "--output", str(out), "--run", str(worse), "--baseline", str(bm25),
+                 "--qrels", "lightning-rank/demo/dev"])  # fmt: skip
+    assert code in (0, None), capsys.readouterr().err
+    assert is_drawn(out / "per_query.png") and 'src="per_query.png"' in (out / "index.html").read_text()
+    qrels = load_dataset("lightning-rank/demo/dev").qrels_dict()
+    gains = per_query_gains(str(worse), str(bm25), "lightning-rank/demo/dev", "nDCG@10")
+    assert len(gains) == len(qrels) and gains == sorted(gains, reverse=True)
+    ours, base = evaluate(flipped, qrels, ["nDCG@10"]), evaluate(lexical, qrels, ["nDCG@10"])
+    assert sum(gains) / len(gains) == pytest.approx(ours.values["nDCG@10"] - base.values["nDCG@10"])
+    assert main(["report", str(tmp_path), "--output", str(out), "--run", str(worse)]) == 2
+    assert "--run, --baseline and --qrels go together" in capsys.readouterr().err

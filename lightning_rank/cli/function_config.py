@@ -41,7 +41,7 @@ FROM_DATA: dict[str, dict[str, str]] = {
     "fuse": {**_COLLECTIONS, "qrels": "{stage}_dataset", "first_stage": "{stage}_run"},
     "compare": {**_COLLECTIONS, "qrels": "{stage}_dataset"},
     "export": {},
-    "report": {},
+    "report": {**_COLLECTIONS},
 }
 # the top-level keys of a fit config (`lightning-rank fit --print_config`) other than data
 FIT_KEYS = frozenset({

@@ -14,10 +14,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lightning_rank.errors import DataError, ModelNotFoundError, OutputError
+from lightning_rank.datamodules.collections import load_judgements, register_local
+from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import ConfigError, DataError, ModelNotFoundError, OutputError
+from lightning_rank.metrics import evaluate
 
 PAGE = "index.html"
+PER_QUERY = "per_query.png"
 MARK = "<title>lightning-rank report</title>"  # in every page the report writes: what marks a folder as ours
 
 
@@ -46,7 +51,15 @@ PANELS = (
 )
 
 
-def report(run_dir: str, output: str | None = None) -> Path:
+def report(
+    run_dir: str,
+    output: str | None = None,
+    run: str | None = None,
+    baseline: str | None = None,
+    qrels: str | None = None,
+    measure: str = "nDCG@10",
+    local_collections: dict[str, Any] | None = None,
+) -> Path:
     """Plot the curves a fit logged under ``run_dir`` and write an HTML page of them; returns the page.
 
     Args:
@@ -55,7 +68,20 @@ def report(run_dir: str, output: str | None = None) -> Path:
         output: folder for the PNGs and ``index.html`` (default: ``<run_dir>/report``): a new or empty
             folder, or an earlier report, which is replaced; any other folder is refused before anything is
             written.
+        run: a run file (e.g. the fit's reranked test run) to plot per query against ``baseline``.
+        baseline: the run it is compared with (e.g. the first-stage run it reranked).
+        qrels: a qrels file or dataset id judging both runs' queries (trec_eval -c: a judged query
+            without candidates scores 0).
+        measure: the per-query measure of that plot.
+        local_collections: ``{name: folder or files}`` collections to register first (see README).
     """
+    if (run is None) != (baseline is None) or (run is not None and qrels is None):
+        raise ConfigError(
+            "--run, --baseline and --qrels go together: the per-query plot compares --run with --baseline "
+            "on --qrels"
+        )
+    for name, source in (local_collections or {}).items():
+        register_local(name, source)
     metrics = find_metrics(Path(run_dir))
     series = read_series(metrics)
     drawn = [(panel, cols) for panel in PANELS if (cols := [c for c in series if panel.takes(c)])]
@@ -69,6 +95,8 @@ def report(run_dir: str, output: str | None = None) -> Path:
     images = [
         draw(panel, {c: series[c] for c in cols}, folder / f"{panel.name}.png") for panel, cols in drawn
     ]
+    if run is not None and baseline is not None and qrels is not None:
+        images.append(draw_per_query(run, baseline, qrels, measure, folder / PER_QUERY))
     page = folder / PAGE
     page.write_text(render_page(metrics, images, find_config(metrics)), encoding="utf-8")
     print(f"wrote {len(images)} plots of {metrics} and {page}")
@@ -83,7 +111,7 @@ def check_report_target(folder: Path) -> Path:
     if not folder.is_dir():
         raise OutputError(f"--output {folder} is a file; pass a folder for the plots")
     names = {p.name for p in folder.iterdir()}
-    ours = {PAGE, *(f"{panel.name}.png" for panel in PANELS)}
+    ours = {PAGE, PER_QUERY, *(f"{panel.name}.png" for panel in PANELS)}
     page = folder / PAGE
     if names and not (names <= ours and page.is_file() and MARK in page.read_text(errors="replace")):
         shown = ", ".join(sorted(names)[:5])
@@ -161,6 +189,37 @@ def draw(panel: Panel, curves: dict[str, list[tuple[float, float]]], path: Path)
     axes.set(title=panel.title, xlabel="step", ylabel=panel.ylabel)
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def per_query_gains(run: str, baseline: str, qrels: str, measure: str) -> list[float]:
+    """``measure`` of ``run`` minus ``baseline``'s for every judged query (trec_eval -c), highest first."""
+    judged = load_judgements(qrels)
+    values = [evaluate(read_trec_run(path), judged, [measure]).per_query[measure] for path in (run, baseline)]
+    return sorted((values[0].get(q, 0.0) - values[1].get(q, 0.0) for q in judged), reverse=True)
+
+
+def draw_per_query(run: str, baseline: str, qrels: str, measure: str, path: Path) -> Path:
+    """Bars of each query's gain of ``run`` over ``baseline``, sorted: wins left, losses right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = per_query_gains(run, baseline, qrels, measure)
+    wins, losses = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    axes.bar(range(len(gains)), gains, width=1.0, color=["tab:green" if g > 0 else "tab:red" for g in gains])
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    axes.set(
+        title=f"{Path(run).name} vs {Path(baseline).name}: {wins} better, {losses} worse, "
+        f"{len(gains) - wins - losses} tied",
+        xlabel=f"{len(gains)} judged queries, sorted by gain",
+        ylabel=f"{measure} difference",
+    )
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
