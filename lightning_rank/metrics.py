@@ -321,9 +321,14 @@ class RankingMetrics(Metric):
         return run
 
     def evaluate(self) -> Evaluation:
-        """The reranked run's :class:`Evaluation`: values, per-query values and the queries counted."""
+        """The reranked run's :class:`Evaluation` over the pairs of every rank (gathered here, as ``compute``
+        gathers them): values, per-query values and the queries counted."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            return self._evaluation()
+
+    def _evaluation(self) -> Evaluation:
         return evaluate(self.run(), self.qrels, self.measures, self.judged_queries)
 
     def compute(self) -> dict[str, float]:
         """trec_eval's values of the measures on the reranked run, keyed by the measure strings."""
-        return self.evaluate().values
+        return self._evaluation().values
