@@ -328,10 +328,11 @@ def _excerpts(
 
 def _window(document: Encoding, start: int, length: int) -> Encoding:
     """A copy of ``document`` holding its tokens ``start`` to ``start + length``."""
+    end = min(start + length, len(document.ids))
     window = Encoding.merge([document], True)
-    window.truncate(start + length)
+    window.truncate(end)
     if start:
-        window.truncate(length, direction="left")
+        window.truncate(end - start, direction="left")
     return window
 
 
