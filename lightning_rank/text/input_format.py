@@ -46,8 +46,12 @@ class InputFormat:
         return cls(**{name: settings[name] for name in names if name in settings})
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain values, for checkpoints (``weights_only`` loading) and export manifests."""
-        return dataclasses.asdict(self)
+        """Plain values, for checkpoints (``weights_only`` loading) and export manifests; ``passages`` only
+        when set, so a fit without windows records what it did before they existed."""
+        values = dataclasses.asdict(self)
+        if values["passages"] is None:
+            del values["passages"]
+        return values
 
     def differences(self, other: InputFormat) -> list[str]:
         """``data.<name>: <self> -> <other>`` for each setting that differs."""
