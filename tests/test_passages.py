@@ -223,6 +223,18 @@ def test_a_maxp_fit_records_its_windows_and_rerank_on_its_export_scores_as_predi
     ])  # fmt: skip
     assert main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "export")]) in (0, None)
     assert "passages Passages(mode='maxp', length=16, stride=8" in capsys.readouterr().out
+    refused = [
+        "export",
+        "--ckpt_path",
+        str(ckpt),
+        "--output",
+        str(tmp_path / "st"),
+        "--format",
+        "sentence-transformers",
+    ]
+    assert main(refused) == 2
+    assert "reads long documents as windows (data.passages maxp)" in capsys.readouterr().err
+    assert not (tmp_path / "st").exists()
     reranked = tmp_path / "rerank.trec"
     code = main([
         "rerank", "--model", str(tmp_path / "export"), "--dataset", "long/test", "--run", str(predicted),
