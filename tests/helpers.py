@@ -4,6 +4,7 @@ configs and texts, a stub backbone, a small collection writer."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,3 +160,32 @@ def spy_on_trust_remote_code(monkeypatch, owner: Any) -> list[bool]:
 
     monkeypatch.setattr(owner, "from_pretrained", spy)
     return seen
+
+
+def long_document_collection(root: Path, queries: int = 6, length: int = 200) -> Path:
+    """A BEIR folder of documents ``length`` words long (words of the built-in vocabulary): query q is one
+    word; its relevant document ``a<q>`` holds it twice near its end only, and its candidate ``n<q>_0`` once
+    at its start (the other candidates never). Splits ``train`` and ``test`` (same queries), each with a run
+    listing ``n<q>_0`` first and ``a<q>`` last."""
+    root.mkdir(parents=True)
+    terms = [VOCABULARY[3000 + q] for q in range(queries)]
+    docs, run, qrels = {}, [], []
+    for q, term in enumerate(terms):
+        tail = length // 10
+        docs[f"a{q}"] = f"{words(q, length - tail - 2)} {term} {term} {words(q + 1, tail)}"
+        docs[f"n{q}_0"] = f"{term} {words(q + 2, length - 1)}"
+        for k in range(1, 4):
+            docs[f"n{q}_{k}"] = words(q + 3 * k, length)
+        ranked = [f"n{q}_{k}" for k in range(4)] + [f"a{q}"]
+        run += [f"q{q} Q0 {d} {r + 1} {10 - r} bm25" for r, d in enumerate(ranked)]
+        qrels.append(f"q{q}\ta{q}\t1")
+    with (root / "corpus.jsonl").open("w") as f:
+        f.writelines(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in docs.items())
+    with (root / "queries.jsonl").open("w") as f:
+        f.writelines(json.dumps({"_id": f"q{q}", "text": t}) + "\n" for q, t in enumerate(terms))
+    (root / "qrels").mkdir()
+    (root / "runs").mkdir()
+    for split in ("train", "test"):
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+        (root / "runs" / f"{split}.trec").write_text("\n".join(run) + "\n")
+    return root

@@ -54,7 +54,7 @@ def export_checkpoint(
     trained = module.input_format
     shape = (
         f"max_length {trained.max_length}, max_query_length {trained.max_query_length}, excerpt "
-        f"{trained.excerpt}"
+        f"{trained.excerpt}" + (f", passages {trained.passages}" if trained.passages is not None else "")
         if trained is not None
         else None
     )

@@ -18,7 +18,9 @@ class TokenCounts(TypedDict):
 
     real_tokens: int  # tokens that are not padding
     padded_tokens: int  # every position of every row, padding included
-    num_sequences: int  # (query, document) pairs
+    num_sequences: int  # (query, document) pairs; with data.passages, windows
+    passage_owner: NotRequired[Tensor]  # [rows], the pair of each window, with data.passages but FirstP
+    passage_mode: NotRequired[str]  # how the windows' scores make the pair's: text.passages.MODES
 
 
 class PaddedRows(TypedDict):

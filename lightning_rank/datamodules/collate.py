@@ -3,7 +3,9 @@
 With ``length_buckets > 1`` a batch's pairs are sorted by length and cut into that many buckets, each
 padded to its own longest pair: short passages are not padded to long ones, and the order of the data, hence
 sharding and exact resume, is unchanged. With ``packing``, pairs share rows of up to ``max_length`` tokens
-instead (:mod:`.packing`): almost no padding. The keys of each shape are declared in :mod:`.batch`.
+instead (:mod:`.packing`): almost no padding. With ``passages`` (other than FirstP) each document becomes
+several rows, one a window, and ``passage_owner`` names each row's pair. The keys of each shape are declared
+in :mod:`.batch`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from lightning_rank.datamodules.batch import CollatedBatch, PaddedRows
 from lightning_rank.datamodules.compatibility import check_model_fits_data
 from lightning_rank.datamodules.packing import pack
+from lightning_rank.text.input_format import check_passages
+from lightning_rank.text.passages import Passages
 from lightning_rank.text.templates import EncodedPair, PairTemplate
 
 TENSOR_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -35,14 +39,18 @@ class PairCollator:
     length_buckets: int = 1
     excerpt: str = "first"  # which part of a long document is kept: lightning_rank.text.excerpts
     packing: bool = False  # pairs share rows of up to max_length tokens (lightning_rank.datamodules.packing)
+    passages: Passages | None = None  # documents as windows: lightning_rank.text.passages
 
     def __post_init__(self) -> None:
         check_model_fits_data(None, {"packing": self.packing, "length_buckets": self.length_buckets})
+        check_passages(self.excerpt, self.passages)
 
     def __call__(
         self, queries: list[str], documents: list[str], scores: list[str] | None = None
     ) -> CollatedBatch:
         """``scores``: each pair's first-stage score as text, for templates that show it."""
+        if self.passages is not None:
+            return self._windows(queries, documents, scores)
         return self.collate(
             self.template.encode(
                 self.tokenizer,
@@ -54,6 +62,18 @@ class PairCollator:
                 self.excerpt,
             )
         )
+
+    def _windows(self, queries: list[str], documents: list[str], scores: list[str] | None) -> CollatedBatch:
+        """One row a window; with several windows a document, ``passage_owner`` maps rows to pairs."""
+        windows = self.template.encode_windows(
+            self.tokenizer, queries, documents, self.max_length, self.max_query_length, self.passages, scores
+        )
+        batch = self.collate([w for pair in windows for w in pair])
+        if self.passages.mode != "firstp":
+            owner = [i for i, pair in enumerate(windows) for _ in pair]
+            batch["passage_owner"] = torch.tensor(owner, dtype=torch.long)
+            batch["passage_mode"] = self.passages.mode
+        return batch
 
     def collate(self, encoded: list[EncodedPair]) -> CollatedBatch:
         """Pad (and bucket) already encoded pairs; benchmarks feed synthetic token ids through here."""

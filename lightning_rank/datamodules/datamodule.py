@@ -14,6 +14,7 @@ messages are :mod:`.reports`'.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -38,6 +39,8 @@ from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStre
 from lightning_rank.datamodules.training_setup import build_training_data
 from lightning_rank.errors import ConfigError, DataError, check_at_least, check_group_size, check_sizes
 from lightning_rank.text.excerpts import Excerpt, check_excerpt
+from lightning_rank.text.input_format import check_passages
+from lightning_rank.text.passages import Passages
 from lightning_rank.text.score_text import score_texts
 
 EVAL_STAGES = ("val", "test", "predict")
@@ -80,6 +83,7 @@ class RerankDataModule(pl.LightningDataModule):
         max_length: int = 256,
         max_query_length: int = 64,
         excerpt: Excerpt = "first",
+        passages: Passages | None = None,
         pad_to_multiple_of: int | None = None,
         length_buckets: int = 1,
         packing: bool = False,
@@ -120,6 +124,10 @@ class RerankDataModule(pl.LightningDataModule):
             excerpt: which part of a document longer than its share of ``max_length`` is read: ``first`` (its
                 start) or ``query_biased`` (its first sentence, then the sentences sharing the most query
                 terms, in document order; ``lightning_rank.text.excerpts``). Training and reranking alike.
+            passages: read long documents as windows, e.g. ``{mode: maxp, length: 64, stride: 32}``
+                (``lightning_rank.text.passages``): reranking scores every window of a document and takes
+                the first (``firstp``), the highest (``maxp``), the sum or the mean of their scores;
+                training reads each document's first window. Default: no windows, the document's start.
             pad_to_multiple_of: pad each batch's length up to a multiple of this (e.g. 8 for tensor cores).
             length_buckets: sort each batch's pairs by length and pad this many buckets separately (the
                 model scores them one after the other): less padding on passages of mixed lengths.
@@ -134,8 +142,12 @@ class RerankDataModule(pl.LightningDataModule):
         check_group_size(group_size)  # at configuration time, before any data is read
         _check_ranges(locals())
         check_excerpt(excerpt)
+        passages = Passages.of(passages)
+        check_passages(excerpt, passages)
         check_model_fits_data(None, {"packing": packing, "length_buckets": length_buckets})
         self.save_hyperparameters()
+        if passages is not None:  # plain values: checkpoints load with torch.load(weights_only=True)
+            self.hparams["passages"] = dataclasses.asdict(passages)
         for name, source in (local_collections or {}).items():
             register_local(name, source)
         for option in ("train_dataset", "val_dataset", "test_dataset", "predict_dataset"):
@@ -166,10 +178,12 @@ class RerankDataModule(pl.LightningDataModule):
         """With ``packing``, refuse a backbone that cannot score packed rows, naming why and the fix."""
         check_model_fits_data(SimpleNamespace(backbone=backbone), self.hparams)
 
-    def _collator(self) -> PairCollator:
+    def _collator(self, training: bool = False) -> PairCollator:
+        """Pairs as the backbone renders them; ``training``: each document's first window only."""
         backbone = self._backbone_in_use()
         self.check_packing(backbone)
         hp = self.hparams
+        passages = Passages.of(hp.get("passages"))
         return PairCollator(
             backbone.tokenizer,
             backbone.template,
@@ -179,6 +193,7 @@ class RerankDataModule(pl.LightningDataModule):
             hp.length_buckets,
             hp.excerpt,
             hp.get("packing", False),
+            passages.for_training if training and passages is not None else passages,
         )
 
     # -- setup -----------------------------------------------------------------------------------------
@@ -210,6 +225,14 @@ class RerankDataModule(pl.LightningDataModule):
                 f"takes {taken} tokens by itself. Set data.max_length to at least {taken + 1} "
                 f"({taken + hp.max_query_length + 1} keeps room with queries of data.max_query_length "
                 f"{hp.max_query_length} tokens)."
+            )
+        length = (hp.get("passages") or {}).get("length")
+        if length is not None and length > room:
+            raise ConfigError(
+                f"data.passages.length {length} is longer than the {room} document tokens data.max_length "
+                f"{hp.max_length} leaves even with an empty query: windows would be cut. Set "
+                f"data.passages.length to at most {room}, or data.max_length to at least "
+                f"{hp.max_length + length - room}."
             )
 
     def _report_no_room(
@@ -248,7 +271,7 @@ class RerankDataModule(pl.LightningDataModule):
             index,
             data.queries,
             data.documents,
-            self._collator(),
+            self._collator(training=True),
             hp.group_size,
             hp.batch_size,
             hp.seed,

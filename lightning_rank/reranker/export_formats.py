@@ -58,6 +58,11 @@ def sentence_transformers_refusal(backbone: Backbone, trained: InputFormat | Non
             f"it was trained on {trained.excerpt!r} excerpts of long documents (data.excerpt), and "
             "CrossEncoder reads a document's start"
         )
+    if trained is not None and trained.passages is not None:
+        return (
+            f"it reads long documents as windows (data.passages {trained.passages.mode}), and CrossEncoder "
+            "scores one truncated pair per document"
+        )
     return None
 
 
@@ -162,6 +167,7 @@ def rendering_note(backbone: Backbone, trained: InputFormat | None, st: bool) ->
             "tokenize with tokenizer(query, document, truncation='only_second', "
             f"max_length={shape.max_length}) after cutting queries to {shape.max_query_length} tokens"
             + (f"; training read {shape.excerpt!r} excerpts" if shape.excerpt != "first" else "")
+            + (f"; documents are read as windows: {shape.passages}" if shape.passages is not None else "")
         )
     return (
         f"render pairs as {backbone.template.text!r} (config.json's {CONFIG_KEY!r}) in at most "

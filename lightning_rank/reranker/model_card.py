@@ -104,7 +104,7 @@ def model_card(
     )
     recorded = (
         f"max_length {trained.max_length}, max_query_length {trained.max_query_length}, excerpt "
-        f"{trained.excerpt!r}"
+        f"{trained.excerpt!r}" + (f", passages {trained.passages}" if trained.passages is not None else "")
         if trained is not None
         else "not recorded (the model was not trained by lightning-rank fit): 256 / 64 / 'first' assumed"
     )

@@ -31,6 +31,7 @@ from lightning_rank.reranker.export import export_reranker
 from lightning_rank.reranker.export_reader import read_export
 from lightning_rank.text.excerpts import Excerpt
 from lightning_rank.text.input_format import InputFormat
+from lightning_rank.text.passages import Passages, combine_windows
 
 InitHead = Literal["auto", "pretrained", "fresh"]
 
@@ -87,6 +88,14 @@ class PairScorer:
 
     # -- collated batches --------------------------------------------------------------------------------
     def forward(self, batch: PairBatch) -> Tensor:
+        """One relevance score per pair of the batch (fp32); a document split into windows
+        (``data.passages``) gets its windows' scores combined as the batch says."""
+        scores = self._row_scores(batch)
+        if "passage_owner" not in batch:
+            return scores
+        return combine_windows(batch["passage_mode"], scores, batch["passage_owner"])
+
+    def _row_scores(self, batch: PairBatch) -> Tensor:
         """One relevance score per row of the batch (fp32); length buckets are scored separately and
         their scores put back in row order."""
         if "sequence_ids" in batch:  # packed rows (data.packing)
@@ -201,6 +210,7 @@ class PairScorer:
         max_query_length: int | None = None,
         first_stage: Sequence[str] | None = None,
         excerpt: Excerpt | None = None,
+        passages: Passages | dict[str, Any] | None = None,
         progress: bool = False,
     ) -> Tensor:
         """Relevance scores of (query, document) pairs, rendered exactly as in training. ``max_length``,
@@ -208,6 +218,7 @@ class PairScorer:
         data settings, which checkpoints and exports keep (``input_format``; 256, 64 and ``first`` for a model
         not trained here). A backbone whose template shows first-stage scores (``pair+score``) needs each
         pair's as text (``first_stage``), scaled as in training: ``datamodules.first_stage.score_texts``.
+        ``passages`` (windows of long documents, their scores combined) defaults to the training's too.
         ``progress``: a progress bar over the batches, on stderr."""
         if len(queries) != len(documents) or (first_stage is not None and len(first_stage) != len(queries)):
             given = f", {len(first_stage)} first-stage scores" if first_stage is not None else ""
@@ -219,6 +230,7 @@ class PairScorer:
             trained.max_length if max_length is None else max_length,
             trained.max_query_length if max_query_length is None else max_query_length,
             excerpt=trained.excerpt if excerpt is None else excerpt,
+            passages=trained.passages if passages is None else Passages.of(passages),
         )
         # batches of similar lengths pad less; a pair's score does not depend on its batch
         order = sorted(range(len(documents)), key=lambda i: len(documents[i]) + len(queries[i]))
@@ -230,6 +242,6 @@ class PairScorer:
             rows = order[start : start + batch_size]
             shown = [first_stage[i] for i in rows] if first_stage is not None else None
             batch = collate([queries[i] for i in rows], [documents[i] for i in rows], shown)
-            tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
-            scores[rows] = self._score(tensors).float().cpu()
+            tensors = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            scores[rows] = self.forward(tensors).float().cpu()
         return scores

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_rank.errors import ConfigError
 from lightning_rank.text.excerpts import check_excerpt, query_biased_excerpts
+from lightning_rank.text.passages import Passages
 
 PAIR = "pair"
 PAIR_WITH_SCORE = "pair+score"
@@ -106,18 +107,7 @@ class PairTemplate:
         required by templates that show them and refused by the others. ``excerpt``: which part of a
         document too long for the pair is kept (``first`` or ``query_biased``)."""
         check_excerpt(excerpt)
-        if len(queries) != len(documents):
-            raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
-        if self.needs_score != (scores is not None):
-            raise ValueError(
-                f"template {self.text!r} shows each candidate's first-stage score: pass one per pair "
-                "(the data module renders them from the run being reranked)"
-                if self.needs_score
-                else f"template {self.text!r} has no {{score}} field: use 'pair+score' or add '{{score}}' "
-                "to show first-stage scores"
-            )
-        if scores is not None and len(scores) != len(queries):
-            raise ValueError(f"{len(queries)} queries but {len(scores)} scores")
+        self._check_pairs(queries, documents, scores)
         backend = _backend(tokenizer)
         query_encodings = _encode_unique(backend, queries)
         for encoding in query_encodings.values():  # once per unique query, not once per pair
@@ -144,6 +134,68 @@ class PairTemplate:
             self._encode_text(tokenizer, literals, query_ids[q], d.ids[:budget], ids)
             for q, d, ids, budget in zip(queries, doc_encodings, score_ids, budgets, strict=True)
         ]
+
+    def encode_windows(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        queries: list[str],
+        documents: list[str],
+        max_length: int,
+        max_query_length: int,
+        passages: Passages,
+        scores: list[str] | None = None,
+    ) -> list[list[EncodedPair]]:
+        """Each pair's document cut into windows (:mod:`lightning_rank.text.passages`), every window
+        rendered with the query as :meth:`encode` renders a pair with the document's start."""
+        self._check_pairs(queries, documents, scores)
+        backend = _backend(tokenizer)
+        budgets = [
+            max(b, 0) for b in self.document_budgets(tokenizer, queries, max_length, max_query_length, scores)
+        ]
+        read = (
+            None if passages.mode != "firstp" and passages.max_windows is None else passages.max_windows or 1
+        )
+        if read is None:  # every window: the whole document
+            doc_encodings = backend.encode_batch(documents, add_special_tokens=False)
+        else:
+            doc_encodings = _encode_documents(backend, documents, max_length * read)
+        query_encodings = _encode_unique(backend, queries)
+        for encoding in query_encodings.values():
+            encoding.truncate(max_query_length)
+        out = []
+        if self.is_pair:
+            firsts = self._first_segments(tokenizer, backend, query_encodings, queries, scores)
+            for first, d, budget in zip(firsts, doc_encodings, budgets, strict=True):
+                window, starts = passages.starts(len(d.ids), budget)
+                out.append([self._encode_pair(backend, first, _window(d, s, window), window) for s in starts])
+            return out
+        literals = self._literal_ids(tokenizer)
+        for q, d, ids, budget in zip(
+            queries, doc_encodings, _score_ids(backend, scores, len(queries)), budgets, strict=True
+        ):
+            window, starts = passages.starts(len(d.ids), budget)
+            query_ids = query_encodings[q].ids
+            out.append(
+                [
+                    self._encode_text(tokenizer, literals, query_ids, d.ids[s : s + window], ids)
+                    for s in starts
+                ]
+            )
+        return out
+
+    def _check_pairs(self, queries: list[str], documents: list[str], scores: list[str] | None) -> None:
+        if len(queries) != len(documents):
+            raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
+        if self.needs_score != (scores is not None):
+            raise ValueError(
+                f"template {self.text!r} shows each candidate's first-stage score: pass one per pair "
+                "(the data module renders them from the run being reranked)"
+                if self.needs_score
+                else f"template {self.text!r} has no {{score}} field: use 'pair+score' or add '{{score}}' "
+                "to show first-stage scores"
+            )
+        if scores is not None and len(scores) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(scores)} scores")
 
     def document_budgets(
         self,
@@ -272,6 +324,16 @@ def _excerpts(
         budgets,
         lambda texts: [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)],
     )
+
+
+def _window(document: Encoding, start: int, length: int) -> Encoding:
+    """A copy of ``document`` holding its tokens ``start`` to ``start + length``."""
+    end = min(start + length, len(document.ids))
+    window = Encoding.merge([document], True)
+    window.truncate(end)
+    if start:
+        window.truncate(end - start, direction="left")
+    return window
 
 
 def _score_ids(backend: Any, scores: list[str] | None, n: int) -> list[list[int]]:
