@@ -104,10 +104,18 @@ def check_sizes(prefix: str, minimum: int = 1, **values: int | None) -> None:
         check_at_least(f"{prefix}{name}", value, minimum)
 
 
-def check_group_size(group_size: int) -> None:
-    """A training group is one positive and at least one negative, so ``group_size`` must be >= 2."""
+def check_group_size(group_size: int, positives_per_group: int = 1) -> None:
+    """A training group is at least one positive and at least one negative, so ``group_size`` must be >= 2
+    and ``1 <= positives_per_group < group_size``."""
     if group_size < 2:
         raise ConfigError(
             f"data.group_size must be >= 2, got {group_size}: a training group is one positive and at least "
             "one negative. Set data.group_size to 2 or more (8 by default: 1 positive + 7 negatives)."
+        )
+    check_at_least("data.positives_per_group", positives_per_group, 1, "a group holds at least 1 positive")
+    if positives_per_group >= group_size:
+        raise ConfigError(
+            f"data.positives_per_group {positives_per_group} leaves no room for a negative in groups of "
+            f"data.group_size {group_size}. Set data.positives_per_group below data.group_size, or raise "
+            f"data.group_size to at least {positives_per_group + 1}."
         )

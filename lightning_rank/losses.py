@@ -1,8 +1,9 @@
 """Ranking losses over groups of documents.
 
 Every loss takes ``scores`` and ``labels`` of shape ``[Q, G]``: Q groups (queries) of G documents each, no
-padding. Labels are graded relevance as floats; in training groups built from qrels + hard negatives,
-column 0 is the positive (label >= 1) and the other G-1 columns are negatives (label 0). Distillation losses
+padding. Labels are graded relevance as floats; in training groups built from qrels + hard negatives, the
+first columns are the group's positives (``data.positives_per_group``, 1 by default), each labelled with its
+qrels grade (>= 1), highest first, and the other columns are negatives (label 0). Distillation losses
 also take ``teacher_scores`` ``[Q, G]``. Each loss is a mean over groups and is computed in at least float32
 (scores from bf16/fp16 autocast are upcast; labels take the scores' dtype).
 
@@ -93,21 +94,28 @@ class GroupCrossEntropy(RankingLoss):
 
     With one positive per group the loss is ``-log softmax(scores / T)[positive]``. With several positives
     (label > 0) it is ``-log`` of the summed softmax probability of the positives (the probability that
-    the group's "pick" is relevant); the grade does not matter beyond > 0. A group without any positive
-    raises a ValueError (its loss would be undefined).
+    the group's "pick" is relevant); the grade does not matter beyond > 0. With ``positives: top`` only the
+    group's top-graded documents count as positives and lower-graded ones join the negatives. A group
+    without any positive raises a ValueError (its loss would be undefined).
 
     Args:
         temperature: scores are divided by it before the softmax (lower = sharper).
+        positives: ``all`` (every label > 0) or ``top`` (the documents with the group's highest label).
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, positives: Literal["all", "top"] = "all") -> None:
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
+        if positives not in ("all", "top"):
+            raise ConfigError(f"positives must be 'all' or 'top', got {positives!r}")
         self.temperature = temperature
+        self.positives = positives
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
         positive = labels > 0
+        if self.positives == "top":
+            positive &= labels == labels.max(dim=1, keepdim=True).values
         missing = int((~positive.any(dim=1)).sum())
         if missing:
             raise ConfigError(
@@ -120,22 +128,31 @@ class GroupCrossEntropy(RankingLoss):
 
 
 class BinaryCrossEntropy(RankingLoss):
-    """Pointwise binary cross-entropy with logits: label > 0 is relevant (1), else 0.
+    """Pointwise binary cross-entropy with logits against a target in [0, 1] per document.
 
-    Mean over all Q x G documents (equal to the mean over groups, as G is fixed).
+    By default label > 0 is relevant (target 1), else 0. With ``max_grade`` the grades count: the target is
+    ``min(label / max_grade, 1)`` (e.g. ``max_grade: 3`` on TREC DL's 0-3 scale: grades 1, 2, 3 become 1/3,
+    2/3, 1). Mean over all Q x G documents (equal to the mean over groups, as G is fixed).
 
     Args:
         pos_weight: weight of the positive term (e.g. G-1 to balance 1 positive against G-1 negatives).
+        max_grade: the grade that is fully relevant; unset: any label > 0 is.
     """
 
-    def __init__(self, pos_weight: float = 1.0) -> None:
+    def __init__(self, pos_weight: float = 1.0, max_grade: float | None = None) -> None:
         super().__init__()
         if pos_weight <= 0:
             raise ConfigError(f"pos_weight must be > 0, got {pos_weight}")
+        if max_grade is not None and max_grade <= 0:
+            raise ConfigError(f"max_grade must be > 0 (the grade that is fully relevant), got {max_grade}")
         self.pos_weight = pos_weight
+        self.max_grade = max_grade
 
     def loss(self, scores: Tensor, labels: Tensor, teacher_scores: Tensor | None) -> Tensor:
-        target = (labels > 0).to(scores.dtype)
+        if self.max_grade is None:
+            target = (labels > 0).to(scores.dtype)
+        else:
+            target = (labels / self.max_grade).clamp(0.0, 1.0)
         pos_weight = None if self.pos_weight == 1.0 else scores.new_tensor(self.pos_weight)
         return F.binary_cross_entropy_with_logits(scores, target, pos_weight=pos_weight)
 
@@ -184,6 +201,9 @@ class LambdaLoss(RankingLoss):
 
     The weights carry no gradient. Summed over the pairs of a group, mean over groups. Note the exponential
     gain here (the paper's nDCG), while trec_eval's nDCG uses gain = grade; for binary labels they agree.
+    Grades matter between the documents of a group (a grade-2 and a grade-1 positive form a pair, with a
+    larger weight against the negatives for the grade-2 one); a group's only positive weighs the same at any
+    grade, as nDCG is normalised by the group's ideal DCG.
 
     Args:
         scheme: "ndcgLoss2++" (the paper's NDCG-Loss2++) or "lambdaRank" (LambdaRank's |ΔnDCG| weights).
@@ -233,7 +253,8 @@ class LambdaLoss(RankingLoss):
 
 class ListNet(RankingLoss):
     """ListNet (Cao et al., 2007), top-one probabilities: cross-entropy between ``softmax(labels)`` and
-    ``softmax(scores / T)`` per group, mean over groups.
+    ``softmax(scores / T)`` per group, mean over groups. The grades are the target's logits: a grade-2
+    positive takes more of the target's mass than a grade-1 one.
 
     Args:
         temperature: the student scores are divided by it before the softmax.
@@ -254,9 +275,10 @@ class MarginMSE(RankingLoss):
     """Margin-MSE distillation (Hofstätter et al., 2020, "Improving Efficient Neural Ranking Models with
     Cross-Architecture Knowledge Distillation").
 
-    For each negative column j >= 1 against the positive column 0:
-    ``((s_0 - s_j) - (t_0 - t_j))^2``, mean over negatives and groups. Labels are not used (column 0 must be
-    the positive). Needs groups of at least 2 documents and ``teacher_scores``.
+    For each column j >= 1 against the positive column 0:
+    ``((s_0 - s_j) - (t_0 - t_j))^2``, mean over columns and groups. Labels are not used (column 0 must be
+    the positive: the top-graded one; with several positives per group the others are matched to the
+    teacher's margins too). Needs groups of at least 2 documents and ``teacher_scores``.
     """
 
     needs_teacher: ClassVar[bool] = True
@@ -280,8 +302,9 @@ class KLDistillation(RankingLoss):
 
     A first-stage run (BM25) is a teacher too, though not one to copy: its scores have a per-query scale and
     it is wrong about the positives the reranker exists to fix. ``standardize`` z-scores the teacher within
-    each group; ``negatives_only`` distils only its order of the negatives (columns 1..), leaving the
-    positive to a label loss beside it (:class:`WeightedSum`).
+    each group; ``negatives_only`` distils only its order of the columns after the top positive (1..: the
+    negatives, and any further positives of ``data.positives_per_group``), leaving the positive to a label
+    loss beside it (:class:`WeightedSum`).
 
     Args:
         temperature: teacher and student scores are both divided by it.

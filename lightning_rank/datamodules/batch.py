@@ -56,12 +56,12 @@ class PackedRows(TypedDict):
 
 
 class TrainFields(TypedDict):
-    """What the training stream adds: groups of 1 positive + G-1 negatives, flattened row-major."""
+    """What the training stream adds: groups of positives then negatives, flattened row-major."""
 
-    labels: Tensor  # [pairs], 1.0 for the positive of each group
+    labels: Tensor  # [groups, group_size]: each positive's qrels grade (highest first), 0 for negatives
     query_ids: list[str]  # one per group, named when a loss turns non-finite
     repeated_negatives: int  # negatives repeated because a run had too few candidates
-    teacher_scores: NotRequired[Tensor]  # [pairs], with data.teacher_run (distillation losses)
+    teacher_scores: NotRequired[Tensor]  # [groups, group_size], with data.teacher_run (distillation losses)
 
 
 class EvalFields(TypedDict):

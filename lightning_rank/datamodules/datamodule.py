@@ -74,6 +74,7 @@ class RerankDataModule(pl.LightningDataModule):
         teacher_run: str | None = None,
         teacher_missing: TeacherMissing = "skip",
         group_size: int = 8,
+        positives_per_group: int = 1,
         batch_size: int = 4,
         eval_batch_size: int = 64,
         negatives_depth: int = 100,
@@ -111,12 +112,18 @@ class RerankDataModule(pl.LightningDataModule):
                 distillation losses (MarginMSE, KLDistillation, e.g. the train run itself).
             teacher_missing: documents the teacher did not score: ``skip`` them, or give them the query's
                 ``lowest`` teacher score (a truncated first-stage run: its positives outside the top-k).
-            group_size: documents per training group: 1 positive + ``group_size - 1`` negatives.
+            group_size: documents per training group: ``positives_per_group`` positives (fewer when the
+                query has fewer) + negatives up to ``group_size``.
+            positives_per_group: positives per training group, drawn uniformly from the query's and put
+                highest grade first; a query with fewer keeps all it has and fills the group with
+                negatives. Labels are the positives' qrels grades, 0 for negatives (``lightning_rank.losses``
+                says what each loss does with several positives and with grades).
             batch_size: training groups per batch (a batch holds ``batch_size * group_size`` pairs).
             eval_batch_size: pairs per validation/test/predict batch.
             negatives_depth: how deep in the run hard negatives are sampled from.
             negative_sampling: ``uniform`` over the top ``negatives_depth``, or ``top`` (the highest ranked).
-            min_relevance: qrels relevance at or above which a document is a positive.
+            min_relevance: qrels relevance at or above which a document is a positive (its grade is its
+                label); judged documents below it (negative "junk" grades too) are negatives, label 0.
             rerank_depth: candidates per query reranked in validation/test/predict; templates that show
                 first-stage scores scale each query's scores over this many (training too).
             max_length: tokens per pair; documents are truncated to fit.
@@ -139,7 +146,7 @@ class RerankDataModule(pl.LightningDataModule):
             seed: seeds query order and negative sampling (with the epoch).
         """
         super().__init__()
-        check_group_size(group_size)  # at configuration time, before any data is read
+        check_group_size(group_size, positives_per_group)  # at configuration time, before any data is read
         _check_ranges(locals())
         check_excerpt(excerpt)
         passages = Passages.of(passages)
@@ -278,6 +285,7 @@ class RerankDataModule(pl.LightningDataModule):
             hp.negative_sampling,
             data.teacher,
             first_stage,
+            hp.positives_per_group,
         )
 
     def _setup_eval(self, stage: str) -> None:

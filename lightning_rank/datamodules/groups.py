@@ -1,9 +1,11 @@
-"""Training groups: 1 positive + (G-1) hard negatives per query, from qrels and a first-stage run.
+"""Training groups: P positives + (G-P) hard negatives per query, from qrels and a first-stage run.
 
-Positives are the judged documents at or above ``min_relevance``; negatives are the run's top-``depth``
-documents minus every judged positive, sampled per group with a seeded RNG. What cannot be used (queries
-without positives or without negatives, run entries or positives naming missing documents) is skipped and
-counted, and the counts are reported once.
+Positives are the judged documents at or above ``min_relevance``, each labelled with its qrels grade (at
+least 1); negatives are the run's top-``depth`` documents minus every judged positive, labelled 0 whatever
+their qrels say (a grade below ``min_relevance``, or a negative "junk" grade, is not relevant for training).
+Both are sampled per group with a seeded RNG. What cannot be used (queries without positives or without
+negatives, run entries or positives naming missing documents) is skipped and counted, and the counts are
+reported once.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ TeacherMissing = Literal["skip", "lowest"]
 
 @dataclass(frozen=True)
 class TrainingQuery:
-    """One trainable query: its positives and its candidate negatives (run order, best first)."""
+    """One trainable query: its positives with their grades, and its candidate negatives (run order)."""
 
     query_id: str
     positives: tuple[str, ...]
     negatives: tuple[str, ...]
+    grades: tuple[int, ...]  # one per positive: its qrels grade, at least 1
+
+    def label(self, doc_id: str) -> float:
+        """The training label of ``doc_id``: a positive's grade, 0 for anything else."""
+        for positive, grade in zip(self.positives, self.grades, strict=True):
+            if positive == doc_id:
+                return float(grade)
+        return 0.0
 
 
 @dataclass
@@ -110,7 +120,8 @@ def build_training_index(
         if not negatives:
             report.add("queries without negatives in the run")
             continue
-        index.append(TrainingQuery(qid, positives, negatives))
+        rels = qrels[qid]  # a positive is judged; with min_relevance <= 0 a judged 0 counts as grade 1
+        index.append(TrainingQuery(qid, positives, negatives, tuple(max(int(rels[d]), 1) for d in positives)))
     return index, report
 
 
@@ -149,12 +160,21 @@ def docpairs_as_qrels_and_run(
 
 
 def sample_group(
-    query: TrainingQuery, group_size: int, rng: random.Random, sampling: NegativeSampling = "uniform"
+    query: TrainingQuery,
+    group_size: int,
+    rng: random.Random,
+    sampling: NegativeSampling = "uniform",
+    positives: int = 1,
 ) -> tuple[list[str], bool]:
-    """One positive then ``group_size - 1`` negatives; returns the doc ids and whether negatives had to be
+    """Up to ``positives`` positives (drawn uniformly, then highest grade first; a query with fewer keeps
+    all it has), then negatives up to ``group_size``; returns the doc ids and whether negatives had to be
     repeated because the run offered too few."""
-    positive = rng.choice(query.positives)
-    need = group_size - 1
+    if positives == 1:
+        chosen = [rng.choice(query.positives)]
+    else:
+        chosen = rng.sample(query.positives, min(positives, len(query.positives)))
+        chosen.sort(key=query.label, reverse=True)  # stable: equal grades keep their drawn order
+    need = group_size - len(chosen)
     pool = query.negatives
     repeated = len(pool) < need
     if sampling == "top":
@@ -163,7 +183,7 @@ def sample_group(
         negatives = [rng.choice(pool) for _ in range(need)]
     else:
         negatives = rng.sample(pool, need)
-    return [positive, *negatives], repeated
+    return [*chosen, *negatives], repeated
 
 
 def _natural_key(qid: str) -> tuple[int, int | str]:

@@ -64,13 +64,20 @@ def report_empty_texts(dataset_id: str, documents: int, queries: int) -> None:
         )
 
 
-def report_short_runs(dataset_id: str, index: list[TrainingQuery], group_size: int) -> None:
+def report_short_runs(
+    dataset_id: str, index: list[TrainingQuery], group_size: int, positives_per_group: int = 1
+) -> None:
     """Warn, with the count of queries, when a run gives too few negatives for a group (they repeat)."""
-    need = group_size - 1
-    short = [len(q.negatives) for q in index if len(q.negatives) < need]
+    needs = [group_size - min(positives_per_group, len(q.positives)) for q in index]
+    short = [len(q.negatives) for q, need in zip(index, needs, strict=True) if len(q.negatives) < need]
     if short:
+        fewer = (
+            f"fewer than {needs[0]} negatives"
+            if len(set(needs)) == 1
+            else "fewer negatives than their groups need (data.group_size less their positives)"
+        )
         warn(
-            f"{dataset_id}: {len(short)} of {len(index)} training queries have fewer than {need} negatives "
+            f"{dataset_id}: {len(short)} of {len(index)} training queries have {fewer} "
             f"(fewest: {min(short)}) for data.group_size {group_size}; their groups repeat negatives. Use a "
             "deeper run (data.train_run, data.negatives_depth) or a smaller data.group_size to avoid it."
         )

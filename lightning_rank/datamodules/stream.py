@@ -6,7 +6,8 @@ number of steps, and a different set each epoch). The rank's queries are cut int
 goes to worker ``(j - C) mod num_workers`` where C batches were already consumed (0 unless resuming): the
 DataLoader takes batches from its workers in turn, so it yields ``C, C+1, ...`` whatever the worker count,
 and resuming is "skip the first C batches" (:class:`ResumableLoader`).
-Workers render, tokenize and pad (the collator), and fetch texts from the docstore.
+Workers render, tokenize and pad (the collator), and fetch texts from the docstore. Each group's labels are
+its documents' grades (:meth:`.groups.TrainingQuery.label`): positives first, highest grade first.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TrainingGroupStream(IterableDataset):
         sampling: NegativeSampling = "uniform",
         teacher: Mapping[str, Mapping[str, float]] | None = None,
         first_stage: Mapping[str, Mapping[str, str]] | None = None,
+        positives_per_group: int = 1,
     ) -> None:
         self.index = index
         self.queries = queries
@@ -51,6 +53,7 @@ class TrainingGroupStream(IterableDataset):
         self.sampling = sampling
         self.teacher = teacher
         self.first_stage = first_stage  # score texts, for templates that show them
+        self.positives_per_group = positives_per_group
         self.rank, self.world_size = 0, 1
         self.epoch, self.skip_batches = 0, 0
 
@@ -77,14 +80,17 @@ class TrainingGroupStream(IterableDataset):
 
     def make_batch(self, positions: list[int]) -> TrainBatch:
         """The collated groups of the queries at ``positions`` (keys: :data:`.batch.TrainBatch`)."""
-        queries, doc_ids, teacher_scores, shown, repeated = [], [], [], [], 0
+        queries, doc_ids, labels, teacher_scores, shown, repeated = [], [], [], [], [], 0
         for p in positions:
             query = self.index[p]
             rng = random.Random(hash((self.seed, self.epoch, p)))
-            group, was_repeated = sample_group(query, self.group_size, rng, self.sampling)
+            group, was_repeated = sample_group(
+                query, self.group_size, rng, self.sampling, self.positives_per_group
+            )
             repeated += was_repeated
             queries.extend([self.queries[query.query_id]] * self.group_size)
             doc_ids.extend(group)
+            labels.append([query.label(d) for d in group])
             if self.teacher is not None:
                 teacher_scores.append([self.teacher[query.query_id][d] for d in group])
             if self.first_stage is not None:
@@ -93,9 +99,7 @@ class TrainingGroupStream(IterableDataset):
         batch = self.collator(
             queries, [texts[d] for d in doc_ids], shown if self.first_stage is not None else None
         )
-        labels = torch.zeros(len(positions), self.group_size)
-        labels[:, 0] = 1.0
-        batch["labels"] = labels
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32)
         if self.teacher is not None:
             batch["teacher_scores"] = torch.tensor(teacher_scores, dtype=torch.float32)
         batch["query_ids"] = [self.index[p].query_id for p in positions]

@@ -102,5 +102,5 @@ def build_training_data(hp: AttributeDict, shows_scores: bool) -> TrainingData:
         len(empty_docs & used_docs),
         sum(not queries[q].strip() for q in used_queries),
     )
-    report_short_runs(hp.train_dataset, index, hp.group_size)
+    report_short_runs(hp.train_dataset, index, hp.group_size, hp.positives_per_group)
     return TrainingData(index, report, queries, documents, teacher, first_stage)
