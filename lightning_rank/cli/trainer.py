@@ -18,11 +18,19 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from lightning_rank.callbacks import RankProgressBar, TokensPerSecond, TrecRunWriter
 from lightning_rank.callbacks.sigterm import StopOnSignal
+from lightning_rank.cli.checkpointing import best_checkpoint, last_checkpoint, monitored_metric
+from lightning_rank.cli.eval_table import eval_metrics, print_eval_table
 from lightning_rank.cli.folder_lock import lock_checkpoint_folder
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.datamodules.compatibility import check_model_fits_data
 from lightning_rank.errors import ConfigError, CudaGraphError, NonFiniteLossError
-from lightning_rank.reranker.checkpoints import is_url, read_checkpoint, settle_model_settings
+from lightning_rank.reranker.checkpoints import (
+    is_url,
+    missing_best,
+    named_checkpoint,
+    read_checkpoint,
+    settle_model_settings,
+)
 from lightning_rank.reranker.cuda_graphs import check_cuda_graphs
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.runs import check_replaceable, write_metrics_file
@@ -70,6 +78,14 @@ class LightningRankCLI(LightningCLI):
             "`--ckpt_path last` resumes exactly (weights, optimizer, schedule, RNG and data stream)",
         )
         parser.add_argument(
+            "--checkpoint_monitor",
+            type=str | None,
+            default=None,
+            help="fit: the validation metric <default_root_dir>/checkpoints/best.ckpt is chosen by (highest "
+            "wins), e.g. val/nDCG@10 or val/<set name>/RR@10 of data.val_datasets; default: the first "
+            "measure of the first validation set. `--ckpt_path best` then uses it",
+        )
+        parser.add_argument(
             "--metrics_file",
             type=str | None,
             default=None,
@@ -104,7 +120,8 @@ class LightningRankCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """Read ``--ckpt_path`` (a file, a URL, or ``last`` in our checkpoint folder) safely and build the
+        """Read ``--ckpt_path`` (a file, a URL, or ``last`` / ``best`` in our checkpoint folder) safely and
+        build the
         model with its settings, except those the user gave: sound ones win with a warning naming each
         difference, unsound ones are refused (:func:`settle_model_settings`). Lightning's own version
         silently replaced every ``--model.*`` the user gave by the checkpoint's."""
@@ -113,7 +130,10 @@ class LightningRankCLI(LightningCLI):
             return
         config = self.config[subcommand]
         shown = config.get("ckpt_path")
-        path = self._our_last_checkpoint(config) if shown == "last" else shown
+        path = self._our_checkpoint(config, "last") if shown == "last" else shown
+        if shown == "best" and self._uses_our_checkpoints(config):
+            path = self._our_best_checkpoint(config, subcommand)
+            config["ckpt_path"] = path  # Lightning's own "best" is the best of this process's fit only
         if not path or path in ("best", "last", "hpc") or str(path).startswith("registry:"):
             return
         if not is_url(path) and os.path.isdir(path):
@@ -136,17 +156,34 @@ class LightningRankCLI(LightningCLI):
             raise
 
     @staticmethod
-    def _our_last_checkpoint(config: Any) -> str | None:
-        """``last.ckpt`` in the folder of our default checkpoint callback, if it is in use and has one
-        (another ModelCheckpoint's ``last`` is found by Lightning, after the model is built)."""
+    def _uses_our_checkpoints(config: Any) -> bool:
+        """Whether our default checkpoint callbacks are in use (not off, and no ModelCheckpoint of the user's:
+        theirs find their own ``last``, through Lightning, after the model is built)."""
         trainer = config.get("trainer") or {}
         chosen = trainer.get("callbacks") or []
-        if trainer.get("enable_checkpointing") is False or any(
+        return trainer.get("enable_checkpointing") is not False and not any(
             "ModelCheckpoint" in str(getattr(c, "class_path", c)) for c in chosen
-        ):
+        )
+
+    def _our_checkpoint(self, config: Any, name: str) -> str | None:
+        """``last.ckpt`` or ``best.ckpt`` in our checkpoint folder, if it is in use and holds one."""
+        if not self._uses_our_checkpoints(config):
             return None
-        last = os.path.join(str(trainer.get("default_root_dir") or os.getcwd()), "checkpoints", "last.ckpt")
-        return last if os.path.isfile(last) else None
+        path = named_checkpoint((config.get("trainer") or {}).get("default_root_dir") or os.getcwd(), name)
+        return str(path) if path.is_file() else None
+
+    def _our_best_checkpoint(self, config: Any, subcommand: str) -> str:
+        """``best.ckpt`` for validate/test/predict; its absence is explained (a fit without validation)."""
+        if subcommand == "fit":
+            raise ConfigError(
+                "--ckpt_path best: fit resumes from where training stopped, not from its best validation: "
+                "use --ckpt_path last (best.ckpt is for validate, test, predict and export)"
+            )
+        path = self._our_checkpoint(config, "best")
+        if path is None:
+            root = (config.get("trainer") or {}).get("default_root_dir") or os.getcwd()
+            raise missing_best(named_checkpoint(root, "best").parent, subcommand)
+        return path
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """LightningCLI's trainer, plus a rich progress bar, a resumable checkpoint callback and a stop at the
@@ -161,19 +198,24 @@ class LightningRankCLI(LightningCLI):
             extra.append(StopOnSignal())
         wants_checkpoints = trainer_config.get("enable_checkpointing", True) is not False
         if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in chosen):
-            extra.append(self._default_checkpoint(trainer_config))
+            extra += self._default_checkpoints(trainer_config)
         return self._instantiate_trainer(trainer_config, extra)
 
-    def _default_checkpoint(self, trainer_config: dict[str, Any]) -> ModelCheckpoint:
-        """Checkpoints in one fixed folder per run (``<default_root_dir>/checkpoints``, not the logger's
-        versioned one), with ``last.ckpt`` kept current, so that ``--ckpt_path last`` finds them again."""
-        root = trainer_config.get("default_root_dir") or os.getcwd()
+    def _default_checkpoints(self, trainer_config: dict[str, Any]) -> list[ModelCheckpoint]:
+        """``last.ckpt`` (and the periodic checkpoints) for ``--ckpt_path last``; in a fit that validates,
+        ``best.ckpt`` by ``--checkpoint_monitor`` (:mod:`.checkpointing`)."""
+        root = trainer_config.get("default_root_dir")
         every = self._get(self.config_init, "checkpoint_every_n_steps", default=0) or 0
-        if every < 0:
-            raise ConfigError(f"--checkpoint_every_n_steps must be >= 0, got {every}")
-        return ModelCheckpoint(
-            dirpath=os.path.join(str(root), "checkpoints"), save_last=True, every_n_train_steps=every or None
-        )
+        callbacks = [last_checkpoint(root, every)]
+        if self.subcommand != "fit":
+            return callbacks
+        validates = trainer_config.get("limit_val_batches") not in (0, 0.0)
+        sets = [s.name for s in self.datamodule.eval_sets("val")] if validates else []
+        chosen = self._get(self.config_init, "checkpoint_monitor", default=None)
+        monitor = monitored_metric(chosen, self.model.measures, sets, self.datamodule.logs_by_name("val"))
+        if monitor is not None:
+            callbacks.append(best_checkpoint(root, monitor))
+        return callbacks
 
     def _flag(self, name: str) -> bool:
         return bool(self.config[self.subcommand].get(name, False))
@@ -243,24 +285,40 @@ class LightningRankCLI(LightningCLI):
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
 
     def after_fit(self) -> None:
+        self._say_if_no_best()
         if self._flag("validate_after_fit") and not self.trainer.interrupted:
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
-            self._write_metrics("val/")
+            self._after_evaluation("val")
+
+    def _say_if_no_best(self) -> None:
+        """A fit with a validation set that never validated (it stopped first) has no best.ckpt: say so."""
+        if self.trainer.global_rank != 0:
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.monitor and not callback.best_model_path:
+                print(
+                    f"note: no validation ran in this fit, so {callback.dirpath} holds no best.ckpt "
+                    "(only last.ckpt); validate more often (--trainer.val_check_interval N) to keep one",
+                    file=sys.stderr,
+                )
 
     def after_validate(self) -> None:
-        self._write_metrics("val/")
+        self._after_evaluation("val")
 
     def after_test(self) -> None:
-        self._write_metrics("test/")
+        self._after_evaluation("test")
 
-    def _write_metrics(self, prefix: str) -> None:
-        path = self.config[self.subcommand].get("metrics_file")
-        if not path or self.trainer.global_rank != 0:
+    def _after_evaluation(self, stage: str) -> None:
+        """The table of every set's metrics (with several sets) and ``--metrics_file`` with all of them."""
+        if self.trainer.global_rank != 0:
             return
-        metrics = {
-            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith(prefix) and "@" in k
-        }
-        write_metrics_file(path, metrics)
+        metrics = eval_metrics(self.trainer.callback_metrics, stage)
+        sets = self.datamodule.eval_sets(stage) if isinstance(self.datamodule, RerankDataModule) else []
+        if len(sets) > 1 and self.datamodule.logs_by_name(stage):
+            print_eval_table(metrics, stage, [s.name for s in sets], self.model.measures)
+        path = self.config[self.subcommand].get("metrics_file")
+        if path:
+            write_metrics_file(path, metrics)
 
 
 def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
@@ -272,6 +330,8 @@ def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:
     # The training stream's __len__ is exact per rank and worker (it shards itself), unlike the generic case
     # Lightning warns about.
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    # validate/test/predict from best.ckpt have no use for the fit's best-checkpoint callback state
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`.*'monitor': 'val/")
     try:
         return LightningRankCLI(args=list(args))
     except (NonFiniteLossError, CudaGraphError) as err:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_rank.errors import ModelNotFoundError, UploadError
+from lightning_rank.reranker.checkpoints import NAMED_CHECKPOINTS, missing_best, named_checkpoint
 from lightning_rank.reranker.export import check_export_target, export_reranker
 from lightning_rank.reranker.export_formats import Format, check_format
 from lightning_rank.reranker.model_card import CardFacts
@@ -24,11 +25,13 @@ def export_checkpoint(
     format: Format = "native",
     push_to_hub: str | None = None,
     private: bool = True,
+    root_dir: str | None = None,
 ) -> None:
     """Export a Lightning checkpoint written by ``lightning-rank fit`` to a folder with its model card.
 
     Args:
-        ckpt_path: the ``.ckpt`` file (loaded with ``weights_only=True``: no pickled code runs).
+        ckpt_path: the ``.ckpt`` file (loaded with ``weights_only=True``: no pickled code runs), or ``best``
+            / ``last``: that checkpoint of the fit in ``root_dir``.
         output: folder to write: a new or empty folder, or an earlier export (with ``overwrite``); any other
             folder or file is refused, before the checkpoint is read. The folder appears complete.
         overwrite: replace an earlier export at ``output``.
@@ -39,12 +42,19 @@ def export_checkpoint(
         push_to_hub: a Hugging Face repository id (``user/name``) to upload the folder to once written
             (created if absent; needs ``hf auth login``); a failed upload leaves the folder as written.
         private: create the repository private (only when it does not exist yet).
+        root_dir: the fit's ``--trainer.default_root_dir`` (default: the current folder), where
+            ``--ckpt_path best`` and ``last`` are found, in ``checkpoints/``.
     """
     import torch
 
     from lightning_rank.reranker.module import RerankerModule
 
     check_format(format)
+    if ckpt_path in NAMED_CHECKPOINTS:
+        named = named_checkpoint(root_dir or Path.cwd(), ckpt_path)
+        if ckpt_path == "best" and not named.is_file():
+            raise missing_best(named.parent, "export")
+        ckpt_path = str(named)
     if not Path(ckpt_path).is_file():
         raise ModelNotFoundError(f"checkpoint {ckpt_path} does not exist")
     check_export_target(output, overwrite)  # before the checkpoint loads: a wrong --output fails at once
@@ -75,14 +85,23 @@ def card_facts(checkpoint: dict[str, Any]) -> CardFacts:
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     facts = CardFacts(
         datasets=[data["train_dataset"]] if isinstance(data.get("train_dataset"), str) else [],
-        val_dataset=data.get("val_dataset") if isinstance(data.get("val_dataset"), str) else None,
+        val_dataset=_first_val_set(data),
     )
     for name, state in (checkpoint.get("callbacks") or {}).items():
         score = state.get("best_model_score") if name.startswith("ModelCheckpoint") else None
         monitor = state.get("monitor")
-        if score is not None and isinstance(monitor, str) and monitor.startswith("val/"):
-            facts.metrics[monitor.removeprefix("val/")] = float(score)
+        measure = monitor.removeprefix("val/") if isinstance(monitor, str) else ""
+        if score is not None and monitor != measure and "/" not in measure:  # the first set's val/<measure>
+            facts.metrics[measure] = float(score)
     return facts
+
+
+def _first_val_set(data: dict[str, Any]) -> str | None:
+    """The validation set a checkpoint's ``val/<measure>`` metrics are of: the first one."""
+    first = data.get("val_dataset") or (data.get("val_datasets") or [None])[0]
+    if isinstance(first, dict):
+        first = first.get("dataset")
+    return first if isinstance(first, str) else None
 
 
 def upload(folder: Path, repo_id: str, private: bool) -> str:

@@ -31,6 +31,7 @@ from lightning_rank.datamodules.collections import (
 )
 from lightning_rank.datamodules.compatibility import check_model_fits_data
 from lightning_rank.datamodules.documents import DocumentLookup, query_texts
+from lightning_rank.datamodules.eval_sets import EvalSet, EvalSetSpec, eval_sets
 from lightning_rank.datamodules.eval_split import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.first_stage_runs import ranked_scores, run_entries, run_source
 from lightning_rank.datamodules.groups import NegativeSampling, TeacherMissing
@@ -69,6 +70,8 @@ class RerankDataModule(pl.LightningDataModule):
         val_run: str | None = None,
         test_run: str | None = None,
         predict_run: str | None = None,
+        val_datasets: list[EvalSetSpec] | None = None,
+        test_datasets: list[EvalSetSpec] | None = None,
         local_collections: dict[str, Any] | None = None,
         train_source: Literal["run", "docpairs"] = "run",
         teacher_run: str | None = None,
@@ -102,6 +105,11 @@ class RerankDataModule(pl.LightningDataModule):
             val_run: TREC run file to rerank for validation (default: the dataset's scoreddocs).
             test_run: TREC run file to rerank for test.
             predict_run: TREC run file to rerank for predict.
+            val_datasets: several validation sets instead of ``val_dataset``: a list of ir_datasets ids or
+                ``{dataset: ID, run: FILE, name: LABEL}`` mappings (``run`` defaults to the dataset's
+                scoreddocs, ``name`` to its id). Each set's metrics are logged as ``val/<name>/<measure>``;
+                the first set's also as ``val/<measure>`` (what checkpoints monitor by default).
+            test_datasets: as ``val_datasets``, for ``lightning-rank test``.
             local_collections: ``{name: source}`` to register as ir_datasets ids ``name`` and
                 ``name/<split>`` before anything is loaded; a source is a BEIR-format folder or files
                 (``{docs: .tsv|.jsonl, queries: .tsv|.jsonl, qrels: {split: file}, runs: {split: file}}``).
@@ -157,12 +165,22 @@ class RerankDataModule(pl.LightningDataModule):
             self.hparams["passages"] = dataclasses.asdict(passages)
         for name, source in (local_collections or {}).items():
             register_local(name, source)
-        for option in ("train_dataset", "val_dataset", "test_dataset", "predict_dataset"):
-            if self.hparams[option] is not None:  # a mistyped id fails now, before the trainer or any data
-                require_dataset(self.hparams[option], f"data.{option}")
+        self._sets = {
+            "val": eval_sets("val", val_dataset, val_run, val_datasets),
+            "test": eval_sets("test", test_dataset, test_run, test_datasets),
+            "predict": eval_sets("predict", predict_dataset, predict_run, None),
+        }
+        if train_dataset is not None:  # a mistyped id fails now, before the trainer or any data
+            require_dataset(train_dataset, "data.train_dataset")
+        for stage, sets in self._sets.items():
+            for i, chosen in enumerate(sets):
+                option = (
+                    f"data.{stage}_datasets[{i}]" if self.logs_by_name(stage) else f"data.{stage}_dataset"
+                )
+                require_dataset(chosen.dataset, option)
         self._backbone = None
         self._train: TrainingGroupStream | None = None
-        self._eval: dict[str, EvalSplit] = {}
+        self._eval: dict[str, list[EvalSplit]] = {}
 
     def use_backbone(self, backbone: Any) -> None:
         """Tokenize for ``backbone`` (its tokenizer and template)."""
@@ -289,19 +307,26 @@ class RerankDataModule(pl.LightningDataModule):
         )
 
     def _setup_eval(self, stage: str) -> None:
-        hp = self.hparams
-        dataset_id = hp[f"{stage}_dataset"]
-        if dataset_id is None:
+        sets = self._sets[stage]
+        if not sets:
             if stage == "val":
                 return
-            raise ConfigError(f"`{stage}` needs data.{stage}_dataset (an ir_datasets id)")
-        if stage in self._eval:
-            return
+            also = f" or data.{stage}_datasets (a list of them)" if stage != "predict" else ""
+            raise ConfigError(f"`{stage}` needs data.{stage}_dataset (an ir_datasets id){also}")
+        if stage not in self._eval:
+            self._eval[stage] = [self._read_eval_set(stage, i, chosen) for i, chosen in enumerate(sets)]
+
+    def _read_eval_set(self, stage: str, index: int, chosen: EvalSet) -> EvalSplit:
+        """Read, check and report one evaluation set."""
+        hp = self.hparams
+        dataset_id, run_file = chosen.dataset, chosen.run
+        plural = self.logs_by_name(stage)
+        run_option = f"{stage}_datasets[{index}].run" if plural else f"{stage}_run"
         dataset = load_dataset(dataset_id)
-        with reading(dataset_id, hp[f"{stage}_run"]):
+        with reading(dataset_id, run_file):
             queries = query_texts(dataset)
-            scoreddocs = run_entries(dataset, dataset_id, hp[f"{stage}_run"], f"{stage}_run")
-            source = run_source(dataset, dataset_id, hp[f"{stage}_run"])
+            scoreddocs = run_entries(dataset, dataset_id, run_file, run_option)
+            source = run_source(dataset, dataset_id, run_file)
             run, scores = ranked_scores(scoreddocs, hp.rerank_depth, source=source)
             doc_texts = DocumentLookup(dataset_id).texts({d for _, d in run})
             qrels = dataset.qrels_dict() if dataset.has_qrels() else {}
@@ -310,7 +335,7 @@ class RerankDataModule(pl.LightningDataModule):
         if not split.pairs:
             raise DataError(
                 f"{dataset_id}: nothing to rerank: every run entry was skipped ({split.report.summary()}). "
-                f"Check that data.{stage}_run belongs to this collection."
+                f"Check that data.{run_option} belongs to this collection."
             )
         report_skips(
             f"{dataset_id}: reranking {len(split.pairs)} pairs of {len(split.query_ids)} queries",
@@ -330,13 +355,21 @@ class RerankDataModule(pl.LightningDataModule):
             [shown[pair] for pair in split.pairs] if shown is not None else None,
             "pairs",
         )
-        self._eval[stage] = split
+        return split
 
-    def eval_split(self, stage: str) -> EvalSplit:
-        """The id tables, qrels and pairs of ``stage`` (``val``, ``test`` or ``predict``)."""
+    def eval_sets(self, stage: str) -> list[EvalSet]:
+        """The evaluation sets of ``stage`` (``val``, ``test`` or ``predict``), in the configured order."""
+        return list(self._sets[stage])
+
+    def logs_by_name(self, stage: str) -> bool:
+        """Whether ``stage``'s metrics are also logged per set (``data.<stage>_datasets`` gives its sets)."""
+        return stage != "predict" and self.hparams.get(f"{stage}_datasets") is not None
+
+    def eval_split(self, stage: str, index: int = 0) -> EvalSplit:
+        """The id tables, qrels and pairs of set ``index`` of ``stage`` (``val``, ``test`` or ``predict``)."""
         if stage not in self._eval:
             self._setup_eval(stage)
-        return self._eval[stage]
+        return self._eval[stage][index]
 
     # -- loaders ---------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -353,8 +386,13 @@ class RerankDataModule(pl.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _eval_loader(self, stage: str) -> DataLoader:
-        split = self.eval_split(stage)
+    def _eval_loaders(self, stage: str) -> DataLoader | list[DataLoader]:
+        """One loader a set; a single set's alone, as Lightning gives it no ``dataloader_idx`` then."""
+        loaders = [self._eval_loader(stage, i) for i in range(len(self._sets[stage]))]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def _eval_loader(self, stage: str, index: int = 0) -> DataLoader:
+        split = self.eval_split(stage, index)
         return DataLoader(
             RerankPairs(split),
             batch_size=self.hparams.eval_batch_size,
@@ -364,10 +402,11 @@ class RerankDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._eval_loader("val") if self.hparams.val_dataset else []
+        return self._eval_loaders("val") if self._sets["val"] else []
 
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        self._setup_eval("test")
+        return self._eval_loaders("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")

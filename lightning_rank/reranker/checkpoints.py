@@ -36,6 +36,25 @@ SAME_FOR_A_RESUME = frozenset({"frozen"})
 USER_ONLY_BACKBONE_ARGS = frozenset({"trust_remote_code"})
 
 
+#: the checkpoints a fit keeps under ``<default_root_dir>/checkpoints``, by the name ``--ckpt_path`` takes
+NAMED_CHECKPOINTS = ("best", "last")
+
+
+def named_checkpoint(root: str | os.PathLike, name: str) -> Path:
+    """Where a fit with ``--trainer.default_root_dir root`` keeps ``best.ckpt`` or ``last.ckpt``."""
+    return Path(root) / "checkpoints" / f"{name}.ckpt"
+
+
+def missing_best(folder: str | os.PathLike, action: str) -> CheckpointError:
+    """``--ckpt_path best`` with no ``best.ckpt`` in ``folder``: why a fit leaves none, and what to do."""
+    return CheckpointError(
+        f"--ckpt_path best: no best.ckpt in {folder}, so there is no best model to {action}. A fit keeps "
+        "best.ckpt only when it validates (data.val_dataset or data.val_datasets set, and at least one "
+        "validation run before it ends): fit again with a validation set and the same "
+        "--trainer.default_root_dir, or pass --ckpt_path last or a .ckpt file"
+    )
+
+
 def is_url(path: str) -> bool:
     return str(path).startswith(("http://", "https://"))
 

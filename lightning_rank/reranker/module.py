@@ -51,6 +51,8 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         judged_queries: JudgedQueries = "all",
         optimizer: OptimizerCallable | None = None,
         warmup: float = 0.1,
+        scheduler: str = "linear",
+        scheduler_args: dict[str, Any] | None = None,
         lr: float = 2e-5,
         weight_decay: float = 0.01,
         frozen: Sequence[str] = (),
@@ -75,8 +77,13 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
                 run ranks: trec_eval without ``-c``). The count is printed with the metrics.
             optimizer: optimizer factory (class path + init args); default AdamW with ``lr`` and
                 ``weight_decay`` (no decay on biases and norms).
-            warmup: linear warm-up length: a fraction of the total steps if < 1, else a step count; the
-                learning rate then decays linearly to 0 at the last step.
+            warmup: warm-up length: a fraction of the total steps if < 1, else a step count.
+            scheduler: the learning-rate schedule, one of ``transformers.get_scheduler``'s that step with the
+                batch: ``linear`` (rises over the warm-up, then decays linearly to 0 at the last step),
+                ``cosine``, ``constant_with_warmup``, ``constant``, ``polynomial``, ``inverse_sqrt``, ... The
+                learning rate is logged as ``train/lr``.
+            scheduler_args: the schedule's other arguments, e.g. ``{num_cycles: 2}`` for
+                ``cosine_with_restarts`` or ``{power: 2.0}`` for ``polynomial``.
             lr: learning rate of the default optimizer.
             weight_decay: weight decay of the default optimizer.
             frozen: glob patterns of parameter names to keep fixed, e.g. ``["*word_embeddings*"]`` (a
@@ -94,9 +101,7 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
             cuda_graph_limit: most graphs kept; shapes beyond run eagerly, with a warning.
         """
         super().__init__()
-        check_training_settings(
-            lr=lr, warmup=warmup, weight_decay=weight_decay, cuda_graph_limit=cuda_graph_limit
-        )
+        check_training_settings(lr, warmup, weight_decay, cuda_graph_limit, scheduler, scheduler_args)
         if isinstance(lora, dict):  # as stored in a checkpoint's hyper-parameters
             lora = LoraSettings(**lora)
         self.save_hyperparameters(ignore=["loss", "optimizer"])
@@ -132,6 +137,7 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         loss = self.loss(scores, labels, batch.get("teacher_scores"))
         self._watch_loss(loss, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.size(0))
+        self._log_lr(labels.size(0))
         return loss
 
     # -- evaluation --------------------------------------------------------------------------------------
@@ -144,36 +150,48 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
     def on_predict_start(self) -> None:
         self._warn_if_rendered_unlike_training()
 
-    def _metric(self, stage: str) -> RankingMetrics:
-        if stage not in self._metrics:
-            split = self.trainer.datamodule.eval_split(stage)
-            self._metrics[stage] = RankingMetrics(
+    def _metric(self, stage: str, index: int = 0) -> RankingMetrics:
+        key = f"{stage}/{index}"
+        if key not in self._metrics:
+            split = self.trainer.datamodule.eval_split(stage, index)
+            self._metrics[key] = RankingMetrics(
                 self.measures, split.qrels, split.query_ids, split.doc_ids, self.judged_queries
             )
-        return self._metrics[stage].to(self.device)
+        return self._metrics[key].to(self.device)
 
-    def _eval_step(self, batch: EvalBatch, stage: str) -> None:
-        self._metric(stage).update(batch["query_index"], batch["doc_index"], self(batch))
+    def _eval_step(self, batch: EvalBatch, stage: str, index: int = 0) -> None:
+        self._metric(stage, index).update(batch["query_index"], batch["doc_index"], self(batch))
 
     def _eval_epoch_end(self, stage: str) -> None:
-        metric = self._metric(stage)
-        if not self.trainer.sanity_checking:
-            # Every rank holds the same gathered value already; sync_dist's mean of equal values is that
-            # value (one tiny all-reduce), and without it Lightning would advise turning it on.
-            evaluation = metric.evaluate()
-            for name, value in evaluation.values.items():
-                self.log(f"{stage}/{name}", value, prog_bar=True, rank_zero_only=False, sync_dist=True)
-            rank_zero_info(f"{stage} metrics {evaluation.summary()}")
-        metric.reset()
+        """Log the first set's metrics as ``<stage>/<measure>`` and, for sets of ``data.<stage>_datasets``,
+        each set's as ``<stage>/<set name>/<measure>``; print each set's with its query counts."""
+        data = self.trainer.datamodule
+        sets, by_name = data.eval_sets(stage), data.logs_by_name(stage)
+        for index, chosen in enumerate(sets):
+            metric = self._metric(stage, index)
+            if not self.trainer.sanity_checking:
+                evaluation = metric.evaluate()
+                names = [f"{stage}/{chosen.name}/"] if by_name else []
+                for prefix in ([f"{stage}/"] if index == 0 else []) + names:
+                    # Every rank holds the same gathered value already; sync_dist's mean of equal values is
+                    # that value (one tiny all-reduce), and without it Lightning would advise turning it on.
+                    for name, value in evaluation.values.items():
+                        self.log(
+                            prefix + name, value, prog_bar=prefix == f"{stage}/", rank_zero_only=False,
+                            sync_dist=True, add_dataloader_idx=False,
+                        )  # fmt: skip
+                label = f"{stage} {chosen.name}" if by_name else stage
+                rank_zero_info(f"{label} metrics {evaluation.summary()}")
+            metric.reset()
 
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: EvalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: EvalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

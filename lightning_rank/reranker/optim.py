@@ -1,26 +1,55 @@
-"""The reranker's default optimization: AdamW on two parameter groups and a linear warm-up/decay schedule.
+"""The reranker's default optimization: AdamW on two parameter groups and a warm-up/decay schedule.
 
 Weight decay applies to matrices only: biases, norms and the parameters a backbone marks
-``_no_weight_decay`` (Mamba's ``A_log``, ``D``, ``dt_bias``, as in mamba_ssm) are exempt. The schedule rises
-linearly over the warm-up and decays linearly to 0 at the last step. A resumed fit gets the user's ``lr`` and
-``weight_decay`` back over the restored optimizer state.
+``_no_weight_decay`` (Mamba's ``A_log``, ``D``, ``dt_bias``, as in mamba_ssm) are exempt. The schedule is one
+of ``transformers.get_scheduler``'s (``linear``, the default, rises linearly over the warm-up and decays
+linearly to 0 at the last step). A resumed fit gets the user's ``lr`` and ``weight_decay`` back over the
+restored optimizer state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lightning_rank.errors import check_sizes
+from lightning_rank.errors import ConfigError, check_sizes
+
+#: transformers' schedules that are a factor of the step (a LambdaLR); reduce_lr_on_plateau and greedy are not
+SCHEDULES = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+)  # fmt: skip
 
 
-def check_optimizer_settings(lr: float, warmup: float, weight_decay: float) -> None:
-    """Negative rates fail at configuration, before the backbone is built."""
+def check_optimizer_settings(
+    lr: float,
+    warmup: float,
+    weight_decay: float,
+    scheduler: str = "linear",
+    scheduler_args: dict | None = None,
+) -> None:
+    """Negative rates, an unknown schedule or arguments it does not take fail at configuration, before the
+    backbone is built (the schedule is tried on a one-parameter optimizer)."""
     check_sizes("model.", minimum=0, lr=lr, warmup=warmup, weight_decay=weight_decay)
+    if scheduler not in SCHEDULES:
+        raise ConfigError(
+            f"model.scheduler {scheduler!r} is not a schedule of transformers.get_scheduler that steps with "
+            f"the batch; choose one of {', '.join(SCHEDULES)}"
+        )
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        warmup_schedule(probe, warmup, 10, scheduler, scheduler_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"model.scheduler_args {scheduler_args!r} do not fit model.scheduler {scheduler!r} ({err}); see "
+            f"transformers' get_{scheduler}_schedule for the arguments it takes beyond the warm-up and the "
+            "step count"
+        ) from err
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -52,13 +81,36 @@ def default_optimizer(groups: list[dict[str, Any]], lr: float) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=lr, fused=on_cuda or None)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup: float, total_steps: float) -> dict[str, Any]:
-    """Lightning's optimizer configuration: ``optimizer`` stepped per batch on the linear warm-up/decay
-    schedule; ``warmup`` is a fraction of ``total_steps`` if < 1, else a step count."""
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer,
+    warmup: float,
+    total_steps: float,
+    scheduler: str = "linear",
+    scheduler_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Lightning's optimizer configuration: ``optimizer`` stepped per batch on ``scheduler``, a schedule of
+    ``transformers.get_scheduler``; ``warmup`` is a fraction of ``total_steps`` if < 1, else a step count.
+
+    Step ``s`` takes the factor transformers gives step ``s + 1`` of a schedule one step longer (warm-up
+    included), so no step is spent at a learning rate of 0: the first of ``w`` warm-up steps runs at
+    ``lr / (w + 1)``, and ``linear`` is ``(s + 1) / (w + 1)`` in the warm-up, ``(total - s) / (total - w)``
+    after it."""
+    from transformers import get_scheduler
+
     total = max(int(total_steps), 1)
     warmup_steps = int(warmup * total) if warmup < 1 else int(warmup)
-    scheduler = LambdaLR(optimizer, _linear_warmup_decay(warmup_steps, total))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    factors = get_scheduler(
+        scheduler, optimizer, warmup_steps + 1, total + 1, scheduler_specific_kwargs=scheduler_args
+    )
+    if not isinstance(factors, LambdaLR):
+        raise ConfigError(f"model.scheduler {scheduler!r} is not a per-step factor (LambdaLR)")
+    schedule = LambdaLR(optimizer, [partial(_one_step_on, f) for f in factors.lr_lambdas])
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate the next step applies (that of the first parameter group)."""
+    return float(optimizer.param_groups[0]["lr"])
 
 
 def retune_resumed_optimizer(module: Any) -> None:
@@ -88,10 +140,5 @@ def _unwrapped_name(name: str) -> str:
     return name
 
 
-def _linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
+def _one_step_on(factor: Callable[[int], float], step: int) -> float:
+    return factor(step + 1)

@@ -20,11 +20,12 @@ from lightning_rank.reranker.finite_loss import FiniteLossGuard, LossOrigin
 from lightning_rank.reranker.lora import LoraSettings, add_lora
 from lightning_rank.reranker.optim import (
     check_optimizer_settings,
+    current_lr,
     default_optimizer,
-    linear_schedule,
     no_decay_names,
     param_groups,
     retune_resumed_optimizer,
+    warmup_schedule,
 )
 from lightning_rank.reranker.resume import (
     restore_stream_states,
@@ -35,9 +36,17 @@ from lightning_rank.reranker.resume import (
 )
 
 
-def check_training_settings(lr: float, warmup: float, weight_decay: float, cuda_graph_limit: int) -> None:
-    """Negative rates and a graph limit below 1 fail at configuration, before the backbone is built."""
-    check_optimizer_settings(lr=lr, warmup=warmup, weight_decay=weight_decay)
+def check_training_settings(
+    lr: float,
+    warmup: float,
+    weight_decay: float,
+    cuda_graph_limit: int,
+    scheduler: str = "linear",
+    scheduler_args: dict[str, Any] | None = None,
+) -> None:
+    """Negative rates, an unknown schedule and a graph limit below 1 fail at configuration, before the
+    backbone is built."""
+    check_optimizer_settings(lr, warmup, weight_decay, scheduler, scheduler_args)
     check_at_least("model.cuda_graph_limit", cuda_graph_limit, 1)
 
 
@@ -90,7 +99,20 @@ class TrainingHooks:
             optimizer = self.optimizer_factory(self.optimizer_param_groups())
         else:
             optimizer = self.default_optimizer()
-        return linear_schedule(optimizer, self.hparams.warmup, self.trainer.estimated_stepping_batches)
+        hp = self.hparams
+        return warmup_schedule(
+            optimizer,
+            hp.warmup,
+            self.trainer.estimated_stepping_batches,
+            hp.get("scheduler", "linear"),
+            hp.get("scheduler_args"),
+        )
+
+    def _log_lr(self, batch_size: int) -> None:
+        """Log ``train/lr``, the learning rate this step applies."""
+        optimizers = self.trainer.optimizers
+        if optimizers:
+            self.log("train/lr", current_lr(optimizers[0]), batch_size=batch_size)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         # CUDA graphs write gradients into static buffers: keep .grad allocated and zero it in place
