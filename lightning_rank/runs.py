@@ -107,6 +107,40 @@ def write_per_query(path: str | os.PathLike[str], rows: Iterable[tuple[str, str,
     return path
 
 
+def read_per_query(path: str | os.PathLike[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """A file of :func:`write_per_query` as ``{system: {measure: {query: value}}}``; a file without the
+    header, or a line that is not four tab-separated fields ending in a number, is a :class:`DataError`
+    naming the line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no such per-query file (write one with `lightning-rank test --per_query_file`)"
+        )
+    values: dict[str, dict[str, dict[str, float]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if lineno == 1:
+                if line != PER_QUERY_HEADER:
+                    raise DataError(
+                        f"{path}: line 1 is {line[:60]!r}, not the header {PER_QUERY_HEADER!r} of a "
+                        "per-query file (as `lightning-rank test --per_query_file` writes)"
+                    )
+                continue
+            if not line:
+                continue
+            fields = line.split("\t")
+            try:
+                system, query, measure, value = fields
+                number = float(value)
+            except ValueError:
+                raise DataError(
+                    f"{path}:{lineno}: {line[:60]!r} is not 'system<TAB>query<TAB>measure<TAB>value'"
+                ) from None
+            values.setdefault(system, {}).setdefault(measure, {})[query] = number
+    return values
+
+
 _RUN_LINES_CHECKED = 1000  # a prefix tells a run from anything else; reading a 1 GB run whole would not pay
 
 

@@ -189,3 +189,37 @@ def long_document_collection(root: Path, queries: int = 6, length: int = 200) ->
         (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
         (root / "runs" / f"{split}.trec").write_text("\n".join(run) + "\n")
     return root
+
+
+def msmarco_document_like(root: Path, queries: int = 12, body_words: int = 400) -> Path:
+    """A BEIR folder shaped like MS MARCO Document: documents with a url, a title and a body of
+    ``body_words`` words (5-10x a tiny model's max_length); splits ``train`` and ``dev`` (binary qrels) and
+    ``dl19`` / ``dl20`` (graded qrels 0-3, TREC DL style, with one judged query the run never ranks), each
+    with a run of 6 candidates per query."""
+    root.mkdir(parents=True)
+    docs, run, qrels = [], {s: [] for s in ("train", "dev", "dl19", "dl20")}, {}
+    for q in range(queries):
+        for k in range(6):
+            topic = q * 7 + k
+            docs.append({
+                "_id": f"D{q}_{k}", "title": words(topic, 4), "text": words(topic + 3, body_words),
+                "metadata": {"url": f"http://example.org/{q}/{k}"},
+            })  # fmt: skip
+        split = "train" if q < queries // 2 else ("dev", "dl19", "dl20")[q % 3]
+        ranked = [f"D{q}_{k}" for k in (3, 0, 4, 1, 5, 2)]
+        run[split] += [f"{q} Q0 {d} {r + 1} {20 - r} bm25" for r, d in enumerate(ranked)]
+        grades = {f"D{q}_0": 3, f"D{q}_1": 1, f"D{q}_2": 0} if split.startswith("dl") else {f"D{q}_0": 1}
+        qrels.setdefault(split, []).extend(f"{q}\t{d}\t{g}" for d, g in grades.items())
+    for split in ("dl19", "dl20"):  # a judged query without candidates: trec_eval -c counts it as 0
+        qrels[split].append(f"{queries + (split == 'dl20')}\tD0_0\t2")
+    texts = [words(q * 7, 2) for q in range(queries)] + ["unranked query", "another unranked query"]
+    with (root / "corpus.jsonl").open("w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    with (root / "queries.jsonl").open("w") as f:
+        f.writelines(json.dumps({"_id": str(q), "text": t}) + "\n" for q, t in enumerate(texts))
+    (root / "qrels").mkdir()
+    (root / "runs").mkdir()
+    for split, lines in qrels.items():
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
+        (root / "runs" / f"{split}.trec").write_text("\n".join(run[split]) + "\n")
+    return root

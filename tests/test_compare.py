@@ -16,6 +16,7 @@ from scipy import stats
 
 from lightning_rank.cli import main
 from lightning_rank.commands.compare import compare, holm, paired_bootstrap
+from lightning_rank.errors import DataError
 from lightning_rank.metrics import evaluate
 
 QUERIES = 40
@@ -148,7 +149,7 @@ def test_bad_input_is_an_error_with_exit_2(tmp_path, capsys) -> None:
     qrels, runs = write_runs(tmp_path)
     both = json.dumps([str(r) for r in runs])
     err = error_of(capsys, "compare", "--runs", json.dumps([str(runs[0])]), "--qrels", str(qrels))
-    assert "two or more runs" in err
+    assert "two or more --runs files" in err
     other = tmp_path / "other.trec"
     other.write_text("x1 Q0 d1 1 2.0 t\nx2 Q0 d2 1 1.0 t\n")
     err = error_of(capsys, "compare", "--runs", json.dumps([str(runs[0]), str(other)]), "--qrels", str(qrels))
@@ -169,3 +170,45 @@ def test_bad_input_is_an_error_with_exit_2(tmp_path, capsys) -> None:
     doubled.write_text("q1 0 d1-0 1\nq1 0 d1-0 2\n")
     err = error_of(capsys, "compare", "--runs", both, "--qrels", str(doubled))
     assert f"{doubled}:2: document 'd1-0' is judged twice for query 'q1'" in err
+
+
+def test_per_query_files_compare_as_the_runs_they_came_from(tmp_path) -> None:
+    """compare --output's file of two runs, split into one file per system, compares to the same rows."""
+    qrels, runs = write_runs(tmp_path)
+    both = tmp_path / "both.tsv"
+    from_runs = compare(
+        [str(r) for r in runs], str(qrels), ["nDCG@10", "RR@10"], samples=2000, output=str(both)
+    )
+    header, *lines = both.read_text().splitlines()
+    files = []
+    for system in ("sys0.trec", "sys1.trec"):
+        files.append(tmp_path / f"{system}.tsv")
+        files[-1].write_text("\n".join([header, *(x for x in lines if x.startswith(system + "\t"))]) + "\n")
+    from_files = compare(per_query=[str(f) for f in files], samples=2000)
+    assert [(r.measure, r.mean, r.low, r.high, r.p, r.queries) for r in from_files] == [
+        (r.measure, r.mean, r.low, r.high, r.p, r.queries) for r in from_runs
+    ]
+    # a file of several sets (as test --per_query_file with data.test_datasets writes) needs --eval_set
+    with pytest.raises(DataError, match=r"holds several sets \(sys0.trec, sys1.trec\): choose one with"):
+        compare(per_query=[str(both), str(files[1])])
+    chosen = compare(per_query=[str(both), str(files[0])], eval_set="sys0.trec", measures=["nDCG@10"])
+    assert chosen[0].mean == 0.0 and chosen[0].p == 1.0  # sys0 of both files: the same values
+    with pytest.raises(DataError, match=r"has no set 'dl19'; it holds sys0\.trec, sys1\.trec"):
+        compare(per_query=[str(both), str(files[1])], eval_set="dl19")
+
+
+def test_bad_per_query_input_is_refused(tmp_path, capsys) -> None:
+    qrels, runs = write_runs(tmp_path)
+    good = tmp_path / "good.tsv"
+    compare([str(r) for r in runs], str(qrels), ["nDCG@10"], samples=10, output=str(good))
+    err = error_of(capsys, "compare", "--per_query", json.dumps([str(runs[0]), str(good)]), "--eval_set", "x")
+    assert f"{runs[0]}: line 1 is" in err and "not the header" in err
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("system\tquery\tmeasure\tvalue\nsys\tq1\tnDCG@10\n")
+    err = error_of(capsys, "compare", "--per_query", json.dumps([str(broken), str(good)]))
+    assert f"{broken}:2:" in err and "is not 'system<TAB>query<TAB>measure<TAB>value'" in err
+    err = error_of(capsys, "compare", "--per_query", json.dumps([str(good)]))
+    assert "two or more --per_query files" in err
+    err = error_of(capsys, "compare", "--per_query", json.dumps([str(good), str(good)]), "--runs", "[a, b]")
+    assert "one of the two" in err
+    assert "--runs needs --qrels" in error_of(capsys, "compare", "--runs", json.dumps([str(r) for r in runs]))

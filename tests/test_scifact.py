@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import ir_measures
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, SHARED_DATA, cli
@@ -54,3 +55,39 @@ def test_scifact_bm25_run_is_valid_trec_and_trains_through_the_cli(tmp_path):
     )  # fmt: skip
     ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_compare_on_two_scifact_runs_reproduces_scipys_bootstrap_and_t_test(tmp_path, capsys):
+    """Two BM25 runs of SciFact's test split (Anserini's and Robertson's parameters): compare's paired
+    bootstrap interval equals scipy.stats.bootstrap's within Monte-Carlo noise, its p-value ttest_rel's."""
+    from scipy import stats
+
+    from lightning_rank.commands.compare import compare
+
+    runs = []
+    for name, k1, b in (("anserini", "0.9", "0.4"), ("robertson", "1.2", "0.75")):
+        runs.append(str(tmp_path / f"{name}.trec"))
+        assert main(["bm25", "--local_collections", COLLECTIONS, "--dataset", "scifact-local/test",
+                     "--k1", k1, "--b", b, "--output", runs[-1]]) == 0  # fmt: skip
+    per_query = tmp_path / "per_query.tsv"
+    qrels = str(SCIFACT / "qrels" / "test.tsv")
+    (row,) = compare(runs, qrels, ["nDCG@10"], samples=10000, seed=0, output=str(per_query))
+    values: dict[str, dict[str, float]] = {}
+    for line in per_query.read_text().splitlines()[1:]:
+        system, query, _, value = line.split("\t")
+        values.setdefault(system, {})[query] = float(value)
+    queries = sorted(values["anserini.trec"])
+    base = [values["anserini.trec"][q] for q in queries]
+    other = [values["robertson.trec"][q] for q in queries]
+    assert len(queries) == 300 and row.queries == 300
+    assert row.p == pytest.approx(stats.ttest_rel(other, base).pvalue, rel=1e-9)
+    diff = [a - b for a, b in zip(other, base, strict=True)]
+    scipy_ends = []
+    for seed in range(5):
+        found = stats.bootstrap((diff,), np.mean, n_resamples=10000, method="percentile", random_state=seed)
+        scipy_ends.append((found.confidence_interval.low, found.confidence_interval.high))
+    spread = np.ptp(scipy_ends, axis=0).max()  # how far scipy's own ends move with the seed
+    assert row.low == pytest.approx(np.mean([e[0] for e in scipy_ends]), abs=max(3 * spread, 1e-3))
+    assert row.high == pytest.approx(np.mean([e[1] for e in scipy_ends]), abs=max(3 * spread, 1e-3))
+    assert row.low < row.mean < row.high

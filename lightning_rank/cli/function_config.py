@@ -47,7 +47,7 @@ FROM_DATA: dict[str, dict[str, str]] = {
 FIT_KEYS = frozenset({
     "seed_everything", "trainer", "model", "optimizer", "lr_scheduler", "ckpt_path", "tokens_per_sec",
     "run_writer", "validate_before_fit", "validate_after_fit", "checkpoint_every_n_steps", "metrics_file",
-    "weights_only", "checkpoint_monitor",
+    "weights_only", "checkpoint_monitor", "per_query_file",
 })  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from lightning_rank.reranker.checkpoints import (
 )
 from lightning_rank.reranker.cuda_graphs import check_cuda_graphs
 from lightning_rank.reranker.module import RerankerModule
-from lightning_rank.runs import check_replaceable, write_metrics_file
+from lightning_rank.runs import check_replaceable, write_metrics_file, write_per_query
 
 OOM_HINT = (
     "out of GPU memory. Knobs, roughly in order: a smaller --data.batch_size (groups per step) or "
@@ -93,6 +93,14 @@ class LightningRankCLI(LightningCLI):
             "file (atomically: a failed write leaves an existing file as it was)",
         )
         parser.add_argument(
+            "--per_query_file",
+            type=str | None,
+            default=None,
+            help="validate/test (and fit with --validate_after_fit): write every query's value of every "
+            "measure to this TSV file (set, query, measure, value; the queries the metrics average over), "
+            "for `lightning-rank compare --per_query`",
+        )
+        parser.add_argument(
             "--validate_after_fit",
             type=bool,
             default=False,
@@ -105,6 +113,8 @@ class LightningRankCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("metrics_file"):
             check_replaceable(config["metrics_file"], "metrics", option="--metrics_file")
+        if config.get("per_query_file"):
+            check_replaceable(config["per_query_file"], "per_query", option="--per_query_file")
         output = (config.get("run_writer") or {}).get("output")
         if self.subcommand == "predict" and output:
             check_replaceable(output, "run", option="--run_writer.output")
@@ -319,6 +329,15 @@ class LightningRankCLI(LightningCLI):
         path = self.config[self.subcommand].get("metrics_file")
         if path:
             write_metrics_file(path, metrics)
+        per_query = self.config[self.subcommand].get("per_query_file")
+        if per_query:
+            rows = [
+                (name, query, measure, value)
+                for name, evaluation in self.model.evaluations.get(stage, {}).items()
+                for measure, values in evaluation.per_query.items()
+                for query, value in values.items()
+            ]
+            write_per_query(per_query, rows)
 
 
 def run_trainer_cli(args: Sequence[str]) -> LightningRankCLI:

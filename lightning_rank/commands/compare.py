@@ -34,7 +34,7 @@ from lightning_rank.metrics import (
     evaluate,
     parse_measures,
 )
-from lightning_rank.runs import check_replaceable, write_per_query
+from lightning_rank.runs import check_replaceable, read_per_query, write_per_query
 
 _CHUNK = 1000  # bootstrap samples drawn at once: memory stays at _CHUNK x queries indices
 
@@ -113,6 +113,69 @@ def _evaluations(
     return evaluations
 
 
+def _check_inputs(runs: list[str] | None, qrels: str | None, per_query: list[str] | None) -> list[str]:
+    """The files compared: ``runs`` (with ``qrels``) or ``per_query`` files, two or more, each once."""
+    if (runs is None) == (per_query is None):
+        raise InputError(
+            "compare takes --runs (with --qrels) or --per_query files, one of the two: e.g. --runs "
+            "'[bm25.trec, reranked.trec]' --qrels QRELS, or --per_query '[a.tsv, b.tsv]'"
+        )
+    option, files = ("--runs", runs) if runs is not None else ("--per_query", per_query)
+    if len(files) < 2:
+        raise InputError(
+            f"compare needs two or more {option} files, the first the baseline; got {len(files)} "
+            f"({', '.join(files)}). Pass {option} '[baseline, other]'"
+        )
+    if len(set(files)) < len(files):
+        raise InputError(f"{option} names a file twice ({', '.join(files)}); name each file once")
+    if runs is not None and qrels is None:
+        raise InputError(
+            "--runs needs --qrels: a qrels file or the ir_datasets id whose qrels judge the runs"
+        )
+    return list(files)
+
+
+def per_query_evaluations(
+    paths: Sequence[str], eval_set: str | None, measures: Sequence[str] | None
+) -> tuple[list[str], dict[str, Evaluation]]:
+    """The measures compared and each file's values (its ``eval_set``, or its one set) as evaluations."""
+    chosen = {name: _one_set(path, eval_set) for name, path in zip(system_names(paths), paths, strict=True)}
+    common = [m for m in next(iter(chosen.values())) if all(m in values for values in chosen.values())]
+    names = list(measures) if measures is not None else common
+    for measure in names:
+        for path, values in zip(paths, chosen.values(), strict=True):
+            if measure not in values:
+                raise DataError(f"{path} has no per-query values of {measure}; it has {', '.join(values)}")
+    if not names:
+        raise DataError(f"{', '.join(paths)} share no measure: compare files of the same measures")
+    evaluations = {}
+    for name, values in chosen.items():
+        queries = {q for m in names for q in values[m]}
+        evaluations[name] = Evaluation(
+            values={m: float(np.mean(list(values[m].values()))) for m in names},
+            per_query={m: values[m] for m in names},
+            judged=len(queries),
+            unranked=0,
+            judged_queries="all",
+        )
+    return names, evaluations
+
+
+def _one_set(path: str, eval_set: str | None) -> dict[str, dict[str, float]]:
+    sets = read_per_query(path)
+    if not sets:
+        raise DataError(f"{path} holds no per-query values")
+    if eval_set is not None:
+        if eval_set not in sets:
+            raise DataError(
+                f"{path} has no set {eval_set!r}; it holds {', '.join(sets)}: pass --eval_set one of them"
+            )
+        return sets[eval_set]
+    if len(sets) > 1:
+        raise DataError(f"{path} holds several sets ({', '.join(sets)}): choose one with --eval_set NAME")
+    return next(iter(sets.values()))
+
+
 def differences(
     evaluations: dict[str, Evaluation], measures: list[str], samples: int, seed: int
 ) -> list[Difference]:
@@ -155,14 +218,16 @@ def _table(
 
 
 def compare(
-    runs: list[str],
-    qrels: str,
+    runs: list[str] | None = None,
+    qrels: str | None = None,
     measures: list[str] | None = None,
     judged_queries: JudgedQueries = "all",
     samples: int = 10000,
     seed: int = 0,
     output: str | None = None,
     local_collections: dict[str, Any] | None = None,
+    per_query: list[str] | None = None,
+    eval_set: str | None = None,
 ) -> list[Difference]:
     """Compare two or more runs on the same queries: means, paired differences, intervals and p-values.
 
@@ -170,8 +235,8 @@ def compare(
         runs: TREC run files, two or more, e.g. ``--runs '[bm25.trec, reranked.trec]'``; the first is the
             baseline the others are compared with. Each is named by its file name (its path where two
             share one).
-        qrels: the relevance judgements: a qrels file (TREC ``qid 0 docid grade``, or BEIR TSV) or an
-            ir_datasets id with qrels (a registered ``NAME/test``).
+        qrels: the relevance judgements of ``runs``: a qrels file (TREC ``qid 0 docid grade``, or BEIR TSV)
+            or an ir_datasets id with qrels (a registered ``NAME/test``).
         measures: ir_measures names, each compared separately.
         judged_queries: which queries count: ``all`` judged queries, a run's unranked ones scoring 0
             (``trec_eval -c``), or ``ranked`` (those the run ranks; the paired statistics then use the
@@ -180,24 +245,28 @@ def compare(
         seed: seed of the bootstrap (``numpy.random.default_rng``); each comparison starts from it.
         output: TSV file to write every per-query value to (``system query measure value``, one header line).
         local_collections: ``{name: folder or files}`` collections to register first (see README).
+        per_query: instead of runs and qrels, per-query files of ``lightning-rank test --per_query_file``
+            (or ``compare --output``), two or more, the first the baseline: their values are compared as
+            they are (the averaging rule they were written under holds).
+        eval_set: which set (or system) of each per-query file to compare, where a file holds several,
+            e.g. ``dl19`` of a test with ``data.test_datasets``.
     """
-    if len(runs) < 2:
-        raise InputError(
-            f"compare needs two or more runs, the first the baseline; got {len(runs)} ({', '.join(runs)}). "
-            "Pass --runs '[baseline.trec, other.trec]'"
-        )
-    if len(set(runs)) < len(runs):
-        raise InputError(f"--runs names a file twice ({', '.join(runs)}); name each run once")
+    inputs = _check_inputs(runs, qrels, per_query)
     check_at_least("--samples", samples, 1)
     check_judged_queries(judged_queries)
-    names = list(measures or DEFAULT_MEASURES)
-    parse_measures(names)
+    if measures is not None:
+        parse_measures(measures)
     if output is not None:
         check_replaceable(output, "per_query")
-    for name, source in (local_collections or {}).items():
-        register_local(name, source)
-    judged = load_judgements(qrels)
-    evaluations = _evaluations(runs, judged, qrels, names, judged_queries)
+    if per_query is not None:
+        names, evaluations = per_query_evaluations(per_query, eval_set, measures)
+    else:
+        names = list(measures or DEFAULT_MEASURES)
+        parse_measures(names)
+        for name, source in (local_collections or {}).items():
+            register_local(name, source)
+        judged = load_judgements(qrels)
+        evaluations = _evaluations(inputs, judged, qrels, names, judged_queries)
     rows = differences(evaluations, names, samples, seed)
     table = _table(evaluations, rows, names, samples)
     console = Console()
@@ -205,7 +274,9 @@ def compare(
         console = Console(width=max(console.width, Console(width=400).measure(table).maximum))
     console.print(table)
     for system, evaluation in evaluations.items():
-        console.print(f"{system}: {evaluation.summary()}")
+        counted = f"{evaluation.judged} queries, as the file has them"
+        said = evaluation.summary() if per_query is None else counted
+        console.print(f"{system}: {said}")
     if output is not None:
         per_query = [
             (system, query, measure, value)

@@ -23,6 +23,7 @@ from lightning_rank.datamodules.batch import EvalBatch, TrainBatch
 from lightning_rank.losses import GroupCrossEntropy, RankingLoss
 from lightning_rank.metrics import (
     DEFAULT_MEASURES,
+    Evaluation,
     JudgedQueries,
     RankingMetrics,
     check_judged_queries,
@@ -120,6 +121,8 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         check_judged_queries(judged_queries)
         self.judged_queries: JudgedQueries = judged_queries
         self._metrics: dict[str, RankingMetrics] = {}
+        #: the last validation/test of each stage: ``{stage: {set name: Evaluation}}`` (per-query values)
+        self.evaluations: dict[str, dict[str, Evaluation]] = {}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written before ``init_head`` existed holds a new Linear head, whatever its backbone's
@@ -167,10 +170,13 @@ class RerankerModule(PairScorer, TrainingHooks, pl.LightningModule):
         each set's as ``<stage>/<set name>/<measure>``; print each set's with its query counts."""
         data = self.trainer.datamodule
         sets, by_name = data.eval_sets(stage), data.logs_by_name(stage)
+        if not self.trainer.sanity_checking:
+            self.evaluations[stage] = {}
         for index, chosen in enumerate(sets):
             metric = self._metric(stage, index)
             if not self.trainer.sanity_checking:
                 evaluation = metric.evaluate()
+                self.evaluations[stage][chosen.name] = evaluation
                 names = [f"{stage}/{chosen.name}/"] if by_name else []
                 for prefix in ([f"{stage}/"] if index == 0 else []) + names:
                     # Every rank holds the same gathered value already; sync_dist's mean of equal values is
