@@ -100,7 +100,8 @@ def test_the_document_recipe_runs_offline_on_a_long_document_collection(tmp_path
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "best.json").read_text())
     assert {f"test/{s}/{m}" for s in ("dl19", "dl20", "dev") for m in ("nDCG@10", "RR@100")} <= set(metrics)
-    assert "test set" in out and "dl20" in out  # the table of every set
+    assert "test set" in out and "dl20" in out and "3 (1 unranked, scored 0)" in out  # one table, counted
+    assert "DataLoader 1" not in out  # not Lightning's, which lists every set's metrics under each set
 
     rows = _per_query(files["best"])
     dl19 = {

@@ -13,11 +13,20 @@ def eval_metrics(logged: Mapping[str, Any], stage: str) -> dict[str, float]:
 
 
 def print_eval_table(
-    metrics: Mapping[str, float], stage: str, set_names: Sequence[str], measures: Sequence[str]
+    metrics: Mapping[str, float],
+    stage: str,
+    set_names: Sequence[str],
+    measures: Sequence[str],
+    queries: Mapping[str, str] | None = None,
 ) -> None:
-    """Print each set's measures, in the configured order; a measure a set did not log shows as ``-``."""
-    rows = [[name, *(_shown(metrics.get(f"{stage}/{name}/{m}")) for m in measures)] for name in set_names]
-    header = [f"{stage} set", *measures]
+    """Print each set's measures, in the configured order, and what they average over (``queries``: a set's
+    count, e.g. ``300 (2 unranked)``); a measure a set did not log shows as ``-``."""
+    counts = queries or {}
+    rows = [
+        [name, *(_shown(metrics.get(f"{stage}/{name}/{m}")) for m in measures), counts.get(name, "-")]
+        for name in set_names
+    ]
+    header = [f"{stage} set", *measures, "queries"]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     print(line)

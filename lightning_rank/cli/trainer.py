@@ -266,6 +266,9 @@ class LightningRankCLI(LightningCLI):
     def _before_evaluation(self) -> None:
         self._check_ckpt_path_last()
         self._check_model_fits_data()
+        stage = {"validate": "val", "test": "test"}.get(self.subcommand or "")
+        if stage and self._several_sets(stage):
+            self.config_init[self.subcommand]["verbose"] = False
 
     before_validate = before_test = before_predict = _before_evaluation
 
@@ -297,7 +300,9 @@ class LightningRankCLI(LightningCLI):
     def after_fit(self) -> None:
         self._say_if_no_best()
         if self._flag("validate_after_fit") and not self.trainer.interrupted:
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=True)
+            self.trainer.validate(
+                self.model, datamodule=self.datamodule, verbose=not self._several_sets("val")
+            )
             self._after_evaluation("val")
 
     def _say_if_no_best(self) -> None:
@@ -312,6 +317,14 @@ class LightningRankCLI(LightningCLI):
                     file=sys.stderr,
                 )
 
+    def _several_sets(self, stage: str) -> bool:
+        """Whether ``stage`` evaluates several sets (its table replaces Lightning's, which would list every
+        set's metrics under every dataloader)."""
+        data = self.datamodule
+        return (
+            isinstance(data, RerankDataModule) and len(data.eval_sets(stage)) > 1 and data.logs_by_name(stage)
+        )
+
     def after_validate(self) -> None:
         self._after_evaluation("val")
 
@@ -323,9 +336,14 @@ class LightningRankCLI(LightningCLI):
         if self.trainer.global_rank != 0:
             return
         metrics = eval_metrics(self.trainer.callback_metrics, stage)
-        sets = self.datamodule.eval_sets(stage) if isinstance(self.datamodule, RerankDataModule) else []
-        if len(sets) > 1 and self.datamodule.logs_by_name(stage):
-            print_eval_table(metrics, stage, [s.name for s in sets], self.model.measures)
+        if self._several_sets(stage):
+            sets = self.datamodule.eval_sets(stage)
+            evaluations = self.model.evaluations.get(stage, {})
+            left = {"all": "unranked, scored 0", "ranked": "unranked, left out"}
+            queries = {
+                n: f"{e.queries} ({e.unranked} {left[e.judged_queries]})" for n, e in evaluations.items()
+            }
+            print_eval_table(metrics, stage, [s.name for s in sets], self.model.measures, queries)
         path = self.config[self.subcommand].get("metrics_file")
         if path:
             write_metrics_file(path, metrics)

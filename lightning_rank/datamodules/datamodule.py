@@ -30,12 +30,13 @@ from lightning_rank.datamodules.collections import (
     require_dataset,
 )
 from lightning_rank.datamodules.compatibility import check_model_fits_data
+from lightning_rank.datamodules.document_room import check_document_room, report_no_room
 from lightning_rank.datamodules.documents import DocumentLookup, query_texts
 from lightning_rank.datamodules.eval_sets import EvalSet, EvalSetSpec, eval_sets
 from lightning_rank.datamodules.eval_split import EvalSplit, RerankCollator, RerankPairs, build_eval_split
 from lightning_rank.datamodules.first_stage_runs import ranked_scores, run_entries, run_source
 from lightning_rank.datamodules.groups import NegativeSampling, TeacherMissing
-from lightning_rank.datamodules.reports import check_judged, report_empty_texts, report_skips, warn
+from lightning_rank.datamodules.reports import check_judged, report_empty_texts, report_skips
 from lightning_rank.datamodules.stream import ResumableLoader, TrainingGroupStream
 from lightning_rank.datamodules.training_setup import build_training_data
 from lightning_rank.errors import ConfigError, DataError, check_at_least, check_group_size, check_sizes
@@ -236,47 +237,12 @@ class RerankDataModule(pl.LightningDataModule):
             self._setup_eval(stage)
 
     def _check_document_room(self) -> None:
-        """Refuse a ``max_length`` in which the template alone (with an empty query) leaves no document
-        token: every document would be left out. Needs the backbone; reads no data."""
-        backbone, hp = self._backbone_in_use(), self.hparams
-        score = ["100"] if backbone.template.needs_score else None
-        (room,) = backbone.template.document_budgets(
-            backbone.tokenizer, [""], hp.max_length, hp.max_query_length, score
-        )
-        if room < 1:
-            taken = hp.max_length - room
-            raise ConfigError(
-                f"data.max_length {hp.max_length} leaves no token for the document: the backbone's template "
-                f"takes {taken} tokens by itself. Set data.max_length to at least {taken + 1} "
-                f"({taken + hp.max_query_length + 1} keeps room with queries of data.max_query_length "
-                f"{hp.max_query_length} tokens)."
-            )
-        length = (hp.get("passages") or {}).get("length")
-        if length is not None and length > room:
-            raise ConfigError(
-                f"data.passages.length {length} is longer than the {room} document tokens data.max_length "
-                f"{hp.max_length} leaves even with an empty query: windows would be cut. Set "
-                f"data.passages.length to at most {room}, or data.max_length to at least "
-                f"{hp.max_length + length - room}."
-            )
+        check_document_room(self._backbone_in_use(), self.hparams)
 
     def _report_no_room(
         self, dataset_id: str, queries: list[str], scores: list[str] | None, what: str
     ) -> None:
-        """Warn, with counts, when the template and the query leave some pairs no document token."""
-        backbone, hp = self._backbone_in_use(), self.hparams
-        budgets = backbone.template.document_budgets(
-            backbone.tokenizer, queries, hp.max_length, hp.max_query_length, scores
-        )
-        short = [b for b in budgets if b < 1]
-        if short:
-            warn(
-                f"{dataset_id}: {len(short)} of {len(budgets)} {what} leave no token of data.max_length "
-                f"{hp.max_length} for the document (the template and the query, kept up to "
-                f"data.max_query_length {hp.max_query_length} tokens, take them all): they are scored "
-                f"without their document. Set data.max_length to at least {hp.max_length - min(short) + 1}, "
-                "or lower data.max_query_length."
-            )
+        report_no_room(self._backbone_in_use(), self.hparams, dataset_id, queries, scores, what)
 
     def _setup_train(self) -> None:
         hp = self.hparams
