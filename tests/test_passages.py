@@ -15,6 +15,7 @@ from lightning_rank.cli import main
 from lightning_rank.datamodules import RerankDataModule
 from lightning_rank.datamodules.collate import PairCollator
 from lightning_rank.datamodules.files import read_trec_run
+from lightning_rank.errors import ConfigError
 from lightning_rank.reranker.module import RerankerModule
 from lightning_rank.text.passages import Passages, combine_windows
 from lightning_rank.text.templates import CAUSAL_TEMPLATE, PAIR, PAIR_WITH_SCORE, PairTemplate
@@ -86,6 +87,29 @@ def test_a_window_longer_than_the_room_a_long_query_leaves_takes_the_room_and_sk
     (windows,) = PairTemplate(PAIR).encode_windows(TOK, [query], [DOC], 24, 16, Passages("maxp", 10, 10))
     read = [tok for w in windows for tok in w.input_ids[16:-1]]
     assert read == doc_tokens(DOC)
+
+
+@pytest.mark.parametrize("style", [PAIR, CAUSAL_TEMPLATE])
+def test_training_reads_the_first_window_or_a_sampled_one_the_same_in_every_call(style):
+    template = PairTemplate(style, append_eos=style != PAIR)
+    settings = Passages("maxp", length=10, stride=10)
+    queries = [f"{QUERY} {w}" for w in ("baba", "kavo", "dede", "lilo", "momo", "fafa", "zuzu", "bebe")]
+    every = template.encode_windows(TOK, queries, [DOC] * 8, 24, 8, settings)
+    first = template.encode_windows(TOK, queries, [DOC] * 8, 24, 8, settings.for_training)
+    assert first == [[windows[0]] for windows in every]  # FirstP: one row a pair, the first window
+    sampled = settings.__class__(**{**settings.__dict__, "training": "sampled"}).for_training
+    drawn = template.encode_windows(TOK, queries, [DOC] * 8, 24, 8, sampled)
+    assert all(len(rows) == 1 and rows[0] in windows for rows, windows in zip(drawn, every, strict=True))
+    assert (
+        len({windows.index(rows[0]) for rows, windows in zip(drawn, every, strict=True)}) > 1
+    )  # not all first
+    again = template.encode_windows(TOK, list(reversed(queries)), [DOC] * 8, 24, 8, sampled)
+    assert again == list(reversed(drawn))  # a pair's window depends on the pair only: workers, resume agree
+
+
+def test_a_bad_training_window_is_refused():
+    with pytest.raises(ConfigError, match=r"data\.passages\.training 'random' is not one of first, sampled"):
+        Passages.of({"mode": "maxp", "training": "random"})
 
 
 @pytest.mark.parametrize("style", [PAIR, PAIR_WITH_SCORE, CAUSAL_TEMPLATE])
@@ -202,7 +226,7 @@ def test_windows_packed_or_bucketed_score_as_padded_rows(collection, layout):
 def test_a_maxp_fit_records_its_windows_and_rerank_on_its_export_scores_as_predict(
     collection, tmp_path, capsys
 ):
-    passages = "{mode: maxp, length: 16, stride: 8}"
+    passages = "{mode: maxp, length: 16, stride: 8, training: sampled}"  # trains on a sampled window
     common = [
         "--model.backbone", "bert", "--model.backbone_args", json.dumps(TINY_BERT),
         "--data.local_collections", json.dumps(collection), "--data.max_length", str(MAX_LENGTH),
@@ -215,7 +239,7 @@ def test_a_maxp_fit_records_its_windows_and_rerank_on_its_export_scores_as_predi
     ])  # fmt: skip
     (ckpt,) = tmp_path.rglob("last.ckpt")
     recorded = torch.load(ckpt, map_location="cpu", weights_only=True)["input_format"]["passages"]
-    assert recorded == {"mode": "maxp", "length": 16, "stride": 8, "max_windows": None}
+    assert recorded == {"mode": "maxp", "length": 16, "stride": 8, "max_windows": None, "training": "sampled"}
     predicted = tmp_path / "predict.trec"
     main([
         "predict", *common, "--ckpt_path", str(ckpt), "--data.passages", passages,

@@ -10,7 +10,9 @@ window of each document (FirstP). ``firstp`` with the default length is plain tr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import zlib
+from array import array
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -20,6 +22,8 @@ from lightning_rank.errors import ConfigError
 
 Mode = Literal["firstp", "maxp", "sump", "meanp"]
 MODES: tuple[str, ...] = get_args(Mode)
+Training = Literal["first", "sampled"]
+TRAININGS: tuple[str, ...] = get_args(Training)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +38,15 @@ class Passages:
         stride: tokens from one window's start to the next; default ``length`` (no overlap). A window never
             skips tokens: where the query leaves fewer than ``stride`` tokens, windows follow each other.
         max_windows: most windows per document (its first ones); default all.
+        training: the window training reads of each document: ``first`` (FirstP) or ``sampled`` (one of its
+            windows, drawn per pair from a hash of its tokens: the same in every worker and after a resume).
     """
 
     mode: Mode = "firstp"
     length: int | None = None
     stride: int | None = None
     max_windows: int | None = None
+    training: Training = "first"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,6 +55,11 @@ class Passages:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.passages.{name} must be a positive integer or null, got {value!r}")
+        if self.training not in TRAININGS:
+            raise ConfigError(
+                f"data.passages.training {self.training!r} is not one of {', '.join(TRAININGS)}: the window "
+                "training reads of each document"
+            )
         if self.stride is not None and self.stride > (self.length or self.stride):
             raise ConfigError(
                 f"data.passages.stride {self.stride} is longer than data.passages.length {self.length}: the "
@@ -69,29 +81,65 @@ class Passages:
         unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(
-                f"data.passages: unknown keys {unknown}; the keys are mode, length, stride, max_windows"
+                f"data.passages: unknown keys {unknown}; the keys are mode, length, stride, max_windows, training"
             )
         return cls(**value)
 
     @property
     def for_training(self) -> Passages:
-        """Training reads each document's first window (FirstP) whatever the reranking mode."""
+        """One window a document, whatever the reranking mode: the first (FirstP), or a sampled one."""
+        if self.training == "sampled":
+            return SampledWindow(**{**dataclasses.asdict(self), "mode": "firstp"})
         return dataclasses.replace(self, mode="firstp", max_windows=1)
 
-    def starts(self, tokens: int, budget: int) -> tuple[int, list[int]]:
-        """The window length and the start of each window of a ``tokens``-long document in ``budget``."""
+    @property
+    def reads_whole_documents(self) -> bool:
+        """Whether every token of a document may fall in a window (else only its first window's)."""
+        return self.mode != "firstp" and self.max_windows is None
+
+    def starts(self, tokens: int, budget: int, key: int = 0) -> tuple[int, list[int]]:
+        """The window length and the start of each window of a ``tokens``-long document in ``budget``
+        (``key``: a number of the pair, which a sampled window is drawn by)."""
         window = max(min(self.length or budget, budget), 0)
         if self.mode == "firstp" or window == 0:
             return window, [0]
+        return window, self._all_starts(tokens, window)
+
+    def _all_starts(self, tokens: int, window: int) -> list[int]:
         step = min(self.stride or window, window)
         starts = [0]
         while starts[-1] + window < tokens and (self.max_windows is None or len(starts) < self.max_windows):
             starts.append(starts[-1] + step)
-        return window, starts
+        return starts
 
     def combine(self, scores: Tensor, owner: Tensor) -> Tensor:
         """Each document's score from its windows' (``owner``: the document of each window, in order)."""
         return combine_windows(self.mode, scores, owner)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledWindow(Passages):
+    """Training's reading of ``training: sampled``: one window a document (one row a pair, as FirstP), the
+    window drawn by the pair's key among all the windows the settings give."""
+
+    @property
+    def reads_whole_documents(self) -> bool:
+        return self.max_windows is None
+
+    def starts(self, tokens: int, budget: int, key: int = 0) -> tuple[int, list[int]]:
+        window = max(min(self.length or budget, budget), 0)
+        if window == 0:
+            return window, [0]
+        every = self._all_starts(tokens, window)
+        return window, [every[key % len(every)]]
+
+    def combine(self, scores: Tensor, owner: Tensor) -> Tensor:
+        return scores
+
+
+def pair_key(query_ids: Sequence[int], doc_ids: Sequence[int]) -> int:
+    """A number of a (query, document) pair from its tokens, the same in every process (unlike ``hash``)."""
+    return zlib.crc32(array("q", [*query_ids, -1, *doc_ids]).tobytes())
 
 
 def combine_windows(mode: str, scores: Tensor, owner: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_rank.errors import ConfigError
 from lightning_rank.text.excerpts import check_excerpt, query_biased_excerpts
-from lightning_rank.text.passages import Passages
+from lightning_rank.text.passages import Passages, pair_key
 
 PAIR = "pair"
 PAIR_WITH_SCORE = "pair+score"
@@ -152,9 +152,7 @@ class PairTemplate:
         budgets = [
             max(b, 0) for b in self.document_budgets(tokenizer, queries, max_length, max_query_length, scores)
         ]
-        read = (
-            None if passages.mode != "firstp" and passages.max_windows is None else passages.max_windows or 1
-        )
+        read = None if passages.reads_whole_documents else passages.max_windows or 1
         if read is None:  # every window: the whole document
             doc_encodings = backend.encode_batch(documents, add_special_tokens=False)
         else:
@@ -165,16 +163,16 @@ class PairTemplate:
         out = []
         if self.is_pair:
             firsts = self._first_segments(tokenizer, backend, query_encodings, queries, scores)
-            for first, d, budget in zip(firsts, doc_encodings, budgets, strict=True):
-                window, starts = passages.starts(len(d.ids), budget)
+            for q, first, d, budget in zip(queries, firsts, doc_encodings, budgets, strict=True):
+                window, starts = passages.starts(len(d.ids), budget, pair_key(query_encodings[q].ids, d.ids))
                 out.append([self._encode_pair(backend, first, _window(d, s, window), window) for s in starts])
             return out
         literals = self._literal_ids(tokenizer)
         for q, d, ids, budget in zip(
             queries, doc_encodings, _score_ids(backend, scores, len(queries)), budgets, strict=True
         ):
-            window, starts = passages.starts(len(d.ids), budget)
             query_ids = query_encodings[q].ids
+            window, starts = passages.starts(len(d.ids), budget, pair_key(query_ids, d.ids))
             out.append(
                 [
                     self._encode_text(tokenizer, literals, query_ids, d.ids[s : s + window], ids)
