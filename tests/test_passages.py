@@ -31,8 +31,8 @@ def doc_tokens(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    """``local_collections`` registering the long-document collection as ``long`` (once a process)."""
-    return {"long": str(long_document_collection(tmp_path_factory.mktemp("data") / "long"))}
+    """``local_collections`` registering the long-document collection as ``windows`` (once a process)."""
+    return {"windows": str(long_document_collection(tmp_path_factory.mktemp("data") / "windows"))}
 
 
 def tiny_bert() -> RerankerModule:
@@ -53,7 +53,7 @@ def exact_match_scorer() -> RerankerModule:
 
 def data(collection, stage: str = "test", **settings) -> RerankDataModule:
     return RerankDataModule(
-        **{f"{stage}_dataset": "long/test"}, local_collections=collection, max_length=MAX_LENGTH, **settings
+        **{f"{stage}_dataset": "windows/test"}, local_collections=collection, max_length=MAX_LENGTH, **settings
     )
 
 
@@ -234,7 +234,7 @@ def test_a_maxp_fit_records_its_windows_and_rerank_on_its_export_scores_as_predi
         "--trainer.default_root_dir", str(tmp_path), "--data.eval_batch_size", "8",
     ]  # fmt: skip
     main([
-        "fit", *common, "--data.train_dataset", "long/train", "--data.passages", passages,
+        "fit", *common, "--data.train_dataset", "windows/train", "--data.passages", passages,
         "--data.group_size", "4", "--data.batch_size", "2", "--trainer.max_steps", "2",
     ])  # fmt: skip
     (ckpt,) = tmp_path.rglob("last.ckpt")
@@ -243,7 +243,7 @@ def test_a_maxp_fit_records_its_windows_and_rerank_on_its_export_scores_as_predi
     predicted = tmp_path / "predict.trec"
     main([
         "predict", *common, "--ckpt_path", str(ckpt), "--data.passages", passages,
-        "--data.predict_dataset", "long/test", "--run_writer.output", str(predicted),
+        "--data.predict_dataset", "windows/test", "--run_writer.output", str(predicted),
     ])  # fmt: skip
     assert main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "export")]) in (0, None)
     assert "passages Passages(mode='maxp', length=16, stride=8" in capsys.readouterr().out
@@ -261,7 +261,7 @@ def test_a_maxp_fit_records_its_windows_and_rerank_on_its_export_scores_as_predi
     assert not (tmp_path / "st").exists()
     reranked = tmp_path / "rerank.trec"
     code = main([
-        "rerank", "--model", str(tmp_path / "export"), "--dataset", "long/test", "--run", str(predicted),
+        "rerank", "--model", str(tmp_path / "export"), "--dataset", "windows/test", "--run", str(predicted),
         "--output", str(reranked), "--device", "cpu", "--local_collections", json.dumps(collection),
     ])  # fmt: skip
     assert code == 0
