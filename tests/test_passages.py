@@ -52,9 +52,8 @@ def exact_match_scorer() -> RerankerModule:
 
 
 def data(collection, stage: str = "test", **settings) -> RerankDataModule:
-    return RerankDataModule(
-        **{f"{stage}_dataset": "windows/test"}, local_collections=collection, max_length=MAX_LENGTH, **settings
-    )
+    sets = {f"{stage}_dataset": "windows/test"}
+    return RerankDataModule(**sets, local_collections=collection, max_length=MAX_LENGTH, **settings)
 
 
 def trainer() -> pl.Trainer:
@@ -121,10 +120,14 @@ def test_firstp_renders_todays_truncation_token_for_token(style):
     assert template.encode_windows(TOK, queries, docs, 24, 8, Passages(), scores) == [[e] for e in today]
 
 
-@pytest.mark.parametrize("name", NAMES)
+MAMBA_TINY = {"mamba1": {"d_model": 32, "n_layer": 2}, "mamba2": {"d_model": 32, "n_layer": 2, "headdim": 16}}
+
+
+@pytest.mark.parametrize("name", [*NAMES, *MAMBA_TINY])
 def test_firstp_scores_equal_truncations_and_maxp_reads_every_window(name):
     torch.manual_seed(0)
-    args = {"tokenizer": "builtin:words", "config": {**TINY, **NO_DROPOUT[name]}}
+    config = MAMBA_TINY[name] if name in MAMBA_TINY else {**TINY, **NO_DROPOUT[name]}
+    args = {"tokenizer": "builtin:words", "config": config}
     module = RerankerModule(backbone=name, backbone_args=args).eval()
     queries, docs = [QUERY, "kavo", QUERY], [DOC, "baba", VERY_LONG]
     today = module.score(queries, docs, max_length=24)
