@@ -156,6 +156,24 @@ def test_command_line_options_win_over_the_config_and_data_keys_are_dotted_optio
     assert status == 0 and (tmp_path / "train.trec").is_file(), err
 
 
+def test_a_config_with_several_test_sets_feeds_the_one_named_by_set(tmp_path, capsys, collection) -> None:
+    name, files = collection
+    sets = [{"dataset": f"{name}/dev", "name": "a", "run": str(tmp_path / "a.trec")},
+            {"dataset": f"{name}/dev", "name": "b", "run": str(tmp_path / "b.trec")}]  # fmt: skip
+    config = write_config(tmp_path / "fit.yaml", {"local_collections": {name: files}, "test_datasets": sets})
+    status, _, err = run_main(capsys, "bm25", "--config", config)
+    assert (
+        status == 2 and "data.test_datasets in" in err and "lists 2 sets (a, b): choose one with --set" in err
+    )
+    status, _, err = run_main(capsys, "bm25", "--config", config, "--set", "b")
+    assert status == 0 and (tmp_path / "b.trec").is_file() and not (tmp_path / "a.trec").exists(), err
+    status, _, err = run_main(capsys, "bm25", "--config", config, "--set", "c")
+    assert status == 2 and "--set c:" in err and "its sets are a, b" in err
+    one = write_config(tmp_path / "one.yaml", {"local_collections": {name: files}, "test_datasets": sets[:1]})
+    status, _, err = run_main(capsys, "bm25", "--config", one)
+    assert status == 0 and (tmp_path / "a.trec").is_file(), err
+
+
 def test_a_config_of_the_commands_own_options_still_works(tmp_path, capsys, collection) -> None:
     name, files = collection
     path = tmp_path / "bm25.yaml"

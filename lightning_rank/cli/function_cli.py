@@ -27,7 +27,7 @@ FUNCTION_SUBCOMMANDS = {
     "rerank": "lightning_rank.commands.rerank:rerank",
     "report": "lightning_rank.commands.plots:report",
 }
-_NOT_OPTIONS = ("config", "stage", "__path__")
+_NOT_OPTIONS = ("config", "stage", "set", "__path__")
 #: subcommands whose first argument may be given without its option name (``lightning-rank report RUN_DIR``)
 POSITIONAL = {"report": "run_dir"}
 
@@ -51,6 +51,13 @@ def build_parser(name: str, function: Callable[..., Any]) -> Any:
         type=Literal["train", "val", "test", "predict"],
         default=DEFAULT_STAGE,
         help="which data.<stage>_dataset / data.<stage>_run of --config (or --data.*) feed this command",
+    )
+    parser.add_argument(
+        "--set",
+        type=str | None,
+        default=None,
+        help="which entry (by name) of the config's data.<stage>_datasets feeds this command, where it lists "
+        "several; one entry is used without it",
     )
     parser.add_function_arguments(function, as_positional=False)
     return parser

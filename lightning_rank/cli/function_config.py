@@ -125,10 +125,44 @@ def resolve(command: str, options: Sequence[str], argv: Sequence[str]) -> Functi
                 f"it reads {uses}); remove it, or pick the stage whose keys you mean with --stage"
             )
         data[name] = (value, f"--data.{name}")
+    _from_set_list(data, stage, _flag_value(argv, "--set"))
     for option, key in fed.items():
         if key in data and data[key][0] is not None:
             resolved.values[option], resolved.origins[option] = data[key]
     return resolved
+
+
+def _from_set_list(data: dict[str, tuple[Any, str]], stage: str, chosen: str | None) -> None:
+    """``data.<stage>_datasets`` feeds ``<stage>_dataset`` / ``<stage>_run`` as the singular keys would: its
+    one entry, or the one named by ``--set``."""
+    sets, where = data.get(f"{stage}_datasets", (None, ""))
+    if not sets or data.get(f"{stage}_dataset", (None, ""))[0] is not None:
+        return
+    from lightning_rank.datamodules.eval_sets import eval_sets
+
+    listed = eval_sets(stage, None, None, sets)
+    names = [s.name for s in listed]
+    if chosen is None and len(listed) > 1:
+        raise ConfigError(
+            f"{where} lists {len(listed)} sets ({', '.join(names)}): choose one with --set NAME, or pass "
+            "--dataset (and its run) directly"
+        )
+    picked = [s for s in listed if chosen is None or s.name == chosen]
+    if not picked:
+        raise ConfigError(f"--set {chosen}: {where} has no set of that name; its sets are {', '.join(names)}")
+    origin = f"{where} (set {picked[0].name})"
+    data[f"{stage}_dataset"] = (picked[0].dataset, origin)
+    if picked[0].run is not None and data.get(f"{stage}_run", (None, ""))[0] is None:
+        data[f"{stage}_run"] = (picked[0].run, origin)
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    value = None
+    for i, arg in enumerate(argv):
+        name, eq, given = arg.partition("=")
+        if name == flag:
+            value = given if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    return value
 
 
 def _split(argv: Sequence[str]) -> tuple[list[str], dict[str, Any], list[str]]:

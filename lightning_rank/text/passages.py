@@ -81,7 +81,8 @@ class Passages:
         unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(
-                f"data.passages: unknown keys {unknown}; the keys are mode, length, stride, max_windows, training"
+                f"data.passages: unknown keys {unknown}; the keys are mode, length, stride, max_windows, "
+                "training"
             )
         return cls(**value)
 
