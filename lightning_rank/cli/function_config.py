@@ -157,11 +157,13 @@ def _from_set_list(data: dict[str, tuple[Any, str]], stage: str, chosen: str | N
 
 
 def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The last value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; "" when it ends ``argv``), or
+    None where it is absent."""
     value = None
     for i, arg in enumerate(argv):
         name, eq, given = arg.partition("=")
         if name == flag:
-            value = given if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            value = given if eq else (argv[i + 1] if i + 1 < len(argv) else "")
     return value
 
 
@@ -192,11 +194,8 @@ def _split(argv: Sequence[str]) -> tuple[list[str], dict[str, Any], list[str]]:
 
 
 def _stage(argv: Sequence[str]) -> str:
-    stage = DEFAULT_STAGE
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
-        if flag == "--stage":
-            stage = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    given = _flag_value(argv, "--stage")
+    stage = DEFAULT_STAGE if given is None else given
     if stage not in STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
     return stage
